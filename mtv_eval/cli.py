@@ -1,0 +1,99 @@
+"""The `mtv-eval` command line: parsing only; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Optional subcommand groups contributed by other modules: each exposes register(subparsers).
+PLUGINS = ("mtv_eval.data.cli", "mtv_eval.sweep_cli", "mtv_eval.extract_cli")
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    from mtv_eval.tiny import build_tiny
+
+    path = build_tiny(args.arch, args.out, seed=args.seed)
+    print(f"wrote a tiny random-weight {args.arch} checkpoint to {path}")
+    return 0
+
+
+def _cmd_bench_search(args: argparse.Namespace) -> int:
+    from mtv_eval.bench import bench_search, format_search_result
+
+    result = bench_search(
+        arch=args.arch, device=args.device, dtype=args.dtype, samples=args.samples,
+        repeats=args.repeats, checkpoint=args.checkpoint, out=args.out,
+    )
+    print(format_search_result(result))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mtv_eval.demo import run_demo
+
+    return run_demo(out=args.out, steps=args.steps, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtv-eval",
+        description="Multimodal Task Vectors against many-shot multimodal ICL, on lmms-eval.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  mtv-eval demo\n  mtv-eval tiny --arch idefics2 --out /tmp/tiny-idefics2\n"
+        "  mtv-eval bench search --arch idefics2",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the embedded default end to end (no GPU, no hub)")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--steps", type=int, default=60, help="head-search steps (default: 60)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+
+    tiny = sub.add_parser("tiny", help="build a tiny random-weight checkpoint for offline smoke tests")
+    tiny.add_argument("--arch", required=True, choices=["idefics2", "qwen2_vl", "llava", "gpt2"])
+    tiny.add_argument("--out", required=True, help="folder to write the checkpoint to")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_tiny)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    search = bench_sub.add_parser(
+        "search", help="head-search step time, exact (public code) against fast (ours)",
+        epilog="example: mtv-eval bench search --arch idefics2 --device cuda --dtype bfloat16",
+    )
+    search.add_argument("--arch", default="idefics2", choices=["idefics2", "qwen2_vl", "llava", "gpt2"])
+    search.add_argument("--checkpoint", default=None, help="a model folder to use instead of a tiny build")
+    search.add_argument("--device", default="cpu")
+    search.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    search.add_argument("--samples", type=int, default=32)
+    search.add_argument("--repeats", type=int, default=5)
+    search.add_argument("--out", default=None, help="write the figures as JSON here")
+    search.set_defaults(func=_cmd_bench_search)
+    setattr(parser, "_bench_subparsers", bench_sub)
+
+    for module_name in PLUGINS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"mtv-eval {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Mean activations: the average last-token head outputs over many ICL prompts.
+
+Each of N prompts holds S support examples with answers followed by one support query
+without its answer (the paper's "iterations"). Prompts are drawn with a seeded RNG,
+encoded as left-padded batches and captured with `LastTokenCapture`; a float32 running
+sum keeps memory constant in N. The batch size changes speed, never the result beyond
+floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mtv_eval.config import ExtractConfig
+from mtv_eval.engine.capture import LastTokenCapture
+from mtv_eval.engine.forward import forward_logits
+from mtv_eval.engine.locate import HeadSites
+from mtv_eval.examples import Example
+
+
+class PromptEncoder(Protocol):
+    """What the engine needs from a model adapter (see `mtv_eval.adapter.ProcessorAdapter`)."""
+
+    model: nn.Module
+    sites: HeadSites
+
+    def encode(self, shots_per_prompt: Sequence[Sequence[Example]], queries: Sequence[Example]): ...
+
+    def answer_token_ids(self, queries: Sequence[Example], shots_per_prompt=None) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """Which support examples form each prompt: shot indices and the query index."""
+
+    shots: tuple[tuple[int, ...], ...]
+    queries: tuple[int, ...]
+
+
+def plan_prompts(pool_size: int, shots: int, iterations: int, seed: int) -> PromptPlan:
+    """Draw `iterations` prompts of `shots` distinct shots plus a query never among them."""
+    if pool_size < shots + 1:
+        raise ValueError(
+            f"the support pool has {pool_size} examples, but a prompt needs {shots} shots plus a "
+            f"different query ({shots + 1}); give more support examples or fewer shots"
+        )
+    rng = random.Random(seed)
+    all_shots, queries = [], []
+    for _ in range(iterations):
+        chosen = rng.sample(range(pool_size), shots + 1)
+        queries.append(chosen[-1])
+        all_shots.append(tuple(chosen[:-1]))
+    return PromptPlan(shots=tuple(all_shots), queries=tuple(queries))
+
+
+@torch.no_grad()
+def mean_activations(
+    adapter: PromptEncoder,
+    pool: Sequence[Example],
+    config: ExtractConfig = ExtractConfig(),
+    progress: bool = True,
+) -> torch.Tensor:
+    """Average last-token head outputs over `config.iterations` ICL prompts.
+
+    Args:
+        adapter: renders and encodes prompts for the model (left padding).
+        pool: support examples the shots and queries are drawn from.
+        config: shots per prompt, iterations, batch size and seed.
+        progress: show a progress bar.
+
+    Returns:
+        float32 tensor (layers, heads, head_dim) on the model's device.
+    """
+    plan = plan_prompts(len(pool), config.shots, config.iterations, config.seed)
+    sites = adapter.sites
+    total = torch.zeros(sites.shape, dtype=torch.float32)
+    count = 0
+    bar = tqdm(total=config.iterations, desc=f"MTV mean ({config.shots} shots)", unit="prompt", disable=not progress)
+    for start in range(0, config.iterations, config.batch_size):
+        stop = min(start + config.batch_size, config.iterations)
+        shots = [[pool[i] for i in plan.shots[j]] for j in range(start, stop)]
+        queries = [pool[plan.queries[j]] for j in range(start, stop)]
+        batch = adapter.encode(shots, queries)
+        with LastTokenCapture(sites) as capture:
+            forward_logits(adapter.model, sites, batch.inputs)
+        heads = capture.result()
+        total = total.to(heads.device) + heads.sum(dim=0)
+        count += heads.shape[0]
+        bar.update(stop - start)
+    bar.close()
+    return total / count

@@ -1,0 +1,98 @@
+"""The MTV method end to end: build an artifact from support examples, apply it at inference.
+
+`build_mtv` = mean activations over ICL prompts + REINFORCE head search, packaged with
+its metadata. `apply_mtv` = the zero-shot intervention, after checking that the artifact
+belongs to the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import torch
+
+from mtv_eval.artifact import MTV, library_versions, now_iso
+from mtv_eval.config import InterventionConfig, MTVConfig
+from mtv_eval.engine.intervene import Intervention
+from mtv_eval.engine.locate import HeadSites
+from mtv_eval.engine.mean import PromptEncoder, mean_activations
+from mtv_eval.engine.search import search_heads
+from mtv_eval.examples import Example
+
+
+def model_identity(model: torch.nn.Module) -> tuple[str, str | None]:
+    """(name, revision) of a loaded transformers model, as recorded in artifacts."""
+    config = getattr(model, "config", None)
+    name = str(getattr(config, "_name_or_path", "") or type(model).__name__)
+    revision = getattr(config, "_commit_hash", None)
+    return name, revision
+
+
+def build_mtv(
+    adapter: PromptEncoder,
+    extraction_pool: Sequence[Example],
+    search_pool: Sequence[Example],
+    config: MTVConfig = MTVConfig(),
+    task: str = "",
+    model_name: str | None = None,
+    progress: bool = True,
+) -> MTV:
+    """Build an MTV: means over `config.extract.iterations` ICL prompts, then the head search.
+
+    Args:
+        adapter: model adapter (renders, encodes, locates heads).
+        extraction_pool: support examples for the ICL prompts of the mean.
+        search_pool: support examples for the head search (zero-shot prompts).
+        config: extraction and search settings.
+        task: task name recorded in the metadata.
+        model_name: overrides the name read from the model's config.
+    """
+    if len(search_pool) < 1:
+        raise ValueError(f"task {task!r}: the head search needs support examples, got none")
+    started = time.perf_counter()
+    means = mean_activations(adapter, extraction_pool, config.extract, progress=progress)
+    extract_seconds = time.perf_counter() - started
+    result = search_heads(adapter, means, search_pool, config.search, progress=progress)
+    name, revision = model_identity(adapter.model)
+    sites: HeadSites = adapter.sites
+    metadata = {
+        "model_name": model_name or name,
+        "model_revision": revision,
+        "architecture": sites.model_type,
+        "layers": sites.num_layers,
+        "heads": sites.num_heads,
+        "head_dim": sites.head_dim,
+        "projections": list(sites.names),
+        "task": task,
+        "config": config.to_dict(),
+        "seed": config.extract.seed,
+        "selected_heads": int(result.mask.sum()),
+        "selection_losses": result.selection_losses,
+        "search_final_loss": result.history[-1]["mean_loss"] if result.history else None,
+        "extract_seconds": round(extract_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "versions": library_versions(),
+        "created": now_iso(),
+    }
+    return MTV(means=means.float().cpu(), mask=result.mask.cpu(), probs=result.probs.cpu(), metadata=metadata)
+
+
+@contextmanager
+def apply_mtv(
+    model: torch.nn.Module,
+    sites: HeadSites,
+    mtv: MTV,
+    config: InterventionConfig = InterventionConfig(),
+    check_name: bool = True,
+) -> Iterator[Intervention]:
+    """Zero-shot inference with the MTV written into its selected heads.
+
+    Refuses an artifact built for another model name or head geometry.
+    """
+    name, _ = model_identity(model)
+    mtv.check_compatible(name if check_name else None, sites.shape)
+    with Intervention(sites, mtv.means, mtv.mask, every_token=config.every_token) as intervention:
+        yield intervention
