@@ -1,0 +1,59 @@
+"""The lmms-eval task class of the MTV paper tasks (`class: !function utils.MTVTask`).
+
+It is lmms-eval's `ConfigurableTask` with one change: `download` builds the task's
+DatasetDict with `mtv_eval.data.sources.load_task_data` (a local prepared copy or the hub
+sources, eval and support splits from possibly different repositories, Flowers/CUB
+episodes built from the classification data) and checks the budgets against the support
+split. Everything else (prompting, scoring, aggregation) is the YAML's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import datasets
+from lmms_eval.api.task import ConfigurableTask
+
+from mtv_eval.data.sources import TaskDataError, load_task_data
+from mtv_eval.taskspec import BUDGET_ENV, check_budgets, parse_budget_overrides, spec_for_task
+
+
+def _has_image(feature: Any) -> bool:
+    if isinstance(feature, datasets.Image):
+        return True
+    inner = getattr(feature, "feature", None)
+    return inner is not None and _has_image(inner)
+
+
+class MTVTask(ConfigurableTask):
+    """ConfigurableTask whose data comes from `load_task_data` (see module docstring)."""
+
+    def __init__(self, config: dict | None = None, **kwargs: Any) -> None:
+        config = dict(config or {})
+        config.pop("class", None)
+        meta = dict(config.get("metadata") or {})
+        if not isinstance(config.get("metadata"), dict):
+            raise TaskDataError(f"task {config.get('task')}: metadata must be a mapping with `version` and `data`")
+        meta.update(parse_budget_overrides(os.environ.get(BUDGET_ENV)))  # budgets reach every request's metadata
+        config["metadata"] = meta
+        if "data" not in meta:
+            raise TaskDataError(f"task {config.get('task')}: metadata.data (data sources) is missing")
+        super().__init__(config=config, **kwargs)
+
+    def download(self, dataset_kwargs: dict | None = None) -> None:
+        cfg = self.config
+        task = str(cfg.task)
+        if not cfg.test_split or not cfg.training_split:
+            raise TaskDataError(f"task {task}: the YAML must set test_split (eval) and training_split (support)")
+        self.dataset = load_task_data(task, cfg.metadata["data"], cfg.test_split, cfg.training_split)
+        check_budgets(spec_for_task(self), len(self.dataset[cfg.training_split]))
+        if cfg.process_docs is not None:
+            for split in list(self.dataset):
+                self.dataset[split] = cfg.process_docs(self.dataset[split])
+        self.dataset_no_image = datasets.DatasetDict(
+            {
+                split: ds.remove_columns([c for c, f in ds.features.items() if _has_image(f)])
+                for split, ds in self.dataset.items()
+            }
+        )
