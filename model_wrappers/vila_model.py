@@ -63,7 +63,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -96,10 +96,19 @@ VILA_LLAMA3_SYSTEM = (
     "assistant. You are able to understand the visual content that the user provides, and assist the user "
     "with a variety of tasks using natural language."
 )
-VILA_LLAMA3_ROLES = ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n")
+VILA_LLAMA3_ROLES = (
+    "<|start_header_id|>user<|end_header_id|>\n\n",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+)
 VILA_LLAMA3_SEP = "<|eot_id|>"
 
-LLAMA3_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+LLAMA3_SPECIAL_TOKENS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
 
 
 class VilaConfig(PretrainedConfig):
@@ -118,7 +127,10 @@ class VilaConfig(PretrainedConfig):
     """
 
     model_type = "vila"
-    sub_configs = {"text_config": AutoConfig, "vision_config": SiglipVisionConfig}
+    sub_configs: ClassVar[dict[str, Any]] = {
+        "text_config": AutoConfig,
+        "vision_config": SiglipVisionConfig,
+    }
 
     def __init__(
         self,
@@ -142,7 +154,9 @@ class VilaConfig(PretrainedConfig):
         self.text_config = text_config if text_config is not None else LlamaConfig()
         self.vision_config = vision_config if vision_config is not None else SiglipVisionConfig()
         if mm_vision_select_feature not in ("cls_patch", "patch"):
-            raise ValueError(f"mm_vision_select_feature must be 'cls_patch' or 'patch', got {mm_vision_select_feature!r}")
+            raise ValueError(
+                f"mm_vision_select_feature must be 'cls_patch' or 'patch', got {mm_vision_select_feature!r}"
+            )
         self.mm_projector_type = mm_projector_type
         self.mm_vision_select_layer = mm_vision_select_layer
         self.mm_vision_select_feature = mm_vision_select_feature
@@ -151,7 +165,9 @@ class VilaConfig(PretrainedConfig):
         self.source_model_type = source_model_type
         # PretrainedConfig.__init__ pushes its own attention implementation (None unless
         # given) down to the sub-configs; keep the one each loaded part was built with.
-        kept = {name: getattr(sub, "_attn_implementation_internal", None) for name, sub in self._subs()}
+        kept = {
+            name: getattr(sub, "_attn_implementation_internal", None) for name, sub in self._subs()
+        }
         super().__init__(**kwargs)
         if "attn_implementation" not in kwargs:
             for name, sub in self._subs():
@@ -181,7 +197,7 @@ def downsample_2x2(features: torch.Tensor) -> torch.Tensor:
         and the merged grid is emitted column-pair-major, as VILA's `flat_square` does.
     """
     n, length, channels = features.shape
-    side = int(round(length**0.5))
+    side = round(length**0.5)
     if side * side != length:
         raise ValueError(f"mlp_downsample needs a square token grid, got {length} tokens")
     grid = features.reshape(n, side, side, channels)
@@ -239,7 +255,7 @@ class VilaProjector(nn.Module):
         """How many tokens one image of `num_patches` vision tokens becomes."""
         if self.projector_type != "mlp_downsample":
             return num_patches
-        side = int(round(num_patches**0.5))
+        side = round(num_patches**0.5)
         return ((side + 1) // 2) ** 2
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -260,7 +276,7 @@ class VilaForConditionalGeneration(PreTrainedModel, GenerationMixin):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["LlamaDecoderLayer", "SiglipEncoderLayer"]
+    _no_split_modules: ClassVar[list[str]] = ["LlamaDecoderLayer", "SiglipEncoderLayer"]
 
     def __init__(
         self,
@@ -271,7 +287,9 @@ class VilaForConditionalGeneration(PreTrainedModel, GenerationMixin):
     ) -> None:
         super().__init__(config)
         self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
-        self.vision_tower = vision_tower if vision_tower is not None else SiglipVisionModel(config.vision_config)
+        self.vision_tower = (
+            vision_tower if vision_tower is not None else SiglipVisionModel(config.vision_config)
+        )
         self.mm_projector = mm_projector or VilaProjector(
             config.mm_projector_type, config.mm_hidden_size, config.hidden_size
         )
@@ -303,7 +321,9 @@ class VilaForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected features of a batch of images: (images, tokens_per_image, text hidden)."""
         vision_dtype = self.vision_tower.dtype
-        out = self.vision_tower(pixel_values=pixel_values.to(vision_dtype), output_hidden_states=True)
+        out = self.vision_tower(
+            pixel_values=pixel_values.to(vision_dtype), output_hidden_states=True
+        )
         features = out.hidden_states[self.config.mm_vision_select_layer]
         if self.config.mm_vision_select_feature == "patch":
             features = features[:, 1:]
@@ -347,7 +367,9 @@ class VilaForConditionalGeneration(PreTrainedModel, GenerationMixin):
                         f"but input_ids hold {num_image_tokens} image tokens"
                     )
                 flat = features.reshape(-1, features.shape[-1]).to(inputs_embeds.dtype)
-                inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(inputs_embeds), flat)
+                inputs_embeds = inputs_embeds.masked_scatter(
+                    image_mask.unsqueeze(-1).expand_as(inputs_embeds), flat
+                )
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             position_ids = positions[:, -inputs_embeds.shape[1] :]
@@ -433,10 +455,16 @@ class VilaProcessor:
         if text is None:
             raise ValueError("VilaProcessor needs text")
         texts = [text] if isinstance(text, str) else list(text)
-        flat_images: list[Image.Image] = [] if images is None else ([images] if isinstance(images, Image.Image) else list(images))
+        flat_images: list[Image.Image] = (
+            []
+            if images is None
+            else ([images] if isinstance(images, Image.Image) else list(images))
+        )
         placeholders = sum(t.count(IMAGE_TOKEN) for t in texts)
         if placeholders != len(flat_images):
-            raise ValueError(f"the texts hold {placeholders} {IMAGE_TOKEN} placeholders but {len(flat_images)} images were given")
+            raise ValueError(
+                f"the texts hold {placeholders} {IMAGE_TOKEN} placeholders but {len(flat_images)} images were given"
+            )
         expanded = [t.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.tokens_per_image) for t in texts]
         kwargs.setdefault("add_special_tokens", self.add_special_tokens)
         encoded = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs)
@@ -479,7 +507,9 @@ def _image_processor(folder: Path, vision_config: SiglipVisionConfig) -> SiglipI
         return SiglipImageProcessor.from_pretrained(str(folder))
     # SigLIP defaults (google/siglip-so400m-patch14-384): square resize, mean = std = 0.5.
     size = int(vision_config.image_size)
-    return SiglipImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return SiglipImageProcessor(
+        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
 
 
 def load_vila(
@@ -501,7 +531,9 @@ def load_vila(
     top = _read_json(root / "config.json")
     source_type = top.get("model_type")
     if source_type not in (None, "llava_llama", "llava"):
-        raise ValueError(f"{root} is a {source_type!r} checkpoint, not a VILA-1.5 (llava_llama) one")
+        raise ValueError(
+            f"{root} is a {source_type!r} checkpoint, not a VILA-1.5 (llava_llama) one"
+        )
     vision_cfg = _read_json(root / "vision_tower" / "config.json")
     if vision_cfg.get("model_type") != "siglip_vision_model":
         raise ValueError(
@@ -509,7 +541,9 @@ def load_vila(
             "3B/8B/13B)"
         )
     projector_cfg = _read_json(root / "mm_projector" / "config.json")
-    projector_type = projector_cfg.get("mm_projector_type") or (top.get("mm_projector_cfg") or {}).get("mm_projector_type")
+    projector_type = projector_cfg.get("mm_projector_type") or (
+        top.get("mm_projector_cfg") or {}
+    ).get("mm_projector_type")
     if not projector_type:
         raise ValueError(f"{root / 'mm_projector' / 'config.json'} names no mm_projector_type")
     if top.get("s2"):
@@ -520,7 +554,9 @@ def load_vila(
         extra["attn_implementation"] = attn_implementation
     llm = AutoModelForCausalLM.from_pretrained(str(root / "llm"), **extra)
     vision_tower = SiglipVisionModel.from_pretrained(str(root / "vision_tower"), **extra)
-    projector = VilaProjector(projector_type, vision_tower.config.hidden_size, llm.config.hidden_size)
+    projector = VilaProjector(
+        projector_type, vision_tower.config.hidden_size, llm.config.hidden_size
+    )
     state = _load_projector_weights(root / "mm_projector")
     projector.load_state_dict(state, strict=True)
     projector.to(dtype)
@@ -543,7 +579,9 @@ def load_vila(
         source_model_type=source_type or "llava_llama",
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = VilaForConditionalGeneration(config, llm=llm, vision_tower=vision_tower, mm_projector=projector)
+    model = VilaForConditionalGeneration(
+        config, llm=llm, vision_tower=vision_tower, mm_projector=projector
+    )
     model.to(device=device).eval()
     processor = VilaProcessor(
         tokenizer,
@@ -558,14 +596,18 @@ def _tiny_tokenizer() -> Any:
     from mtv_eval.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(extra_words=("system user assistant helpful language vision",))
-    tokenizer.add_tokens([t for t in LLAMA3_SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True)
+    tokenizer.add_tokens(
+        [t for t in LLAMA3_SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True
+    )
     tokenizer.bos_token = "<|begin_of_text|>"
     tokenizer.eos_token = "<|end_of_text|>"
     tokenizer.padding_side = "left"
     return tokenizer
 
 
-def write_tiny_vila(out_dir: str | Path, seed: int = 0, image_size: int = 70, patch_size: int = 14) -> Path:
+def write_tiny_vila(
+    out_dir: str | Path, seed: int = 0, image_size: int = 70, patch_size: int = 14
+) -> Path:
     """Write a tiny random-weight VILA-1.5 checkpoint in the real on-disk layout.
 
     Same top-level fields as a published VILA-1.5 config.json, the same three sub-folders
@@ -579,17 +621,34 @@ def write_tiny_vila(out_dir: str | Path, seed: int = 0, image_size: int = 70, pa
     torch.manual_seed(seed)
     tokenizer = _tiny_tokenizer()
     llm_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False, rms_norm_eps=1e-5,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
     )
     llm = LlamaForCausalLM(llm_config).eval()
-    llm.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+    llm.generation_config.eos_token_id = [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids("<|eot_id|>"),
+    ]
     llm.generation_config.pad_token_id = tokenizer.pad_token_id
     vision_config = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        image_size=image_size, patch_size=patch_size, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
     )
     vision = SiglipVisionModel(vision_config).eval()
     projector = VilaProjector("mlp_downsample", vision_config.hidden_size, llm_config.hidden_size)
@@ -603,19 +662,36 @@ def write_tiny_vila(out_dir: str | Path, seed: int = 0, image_size: int = 70, pa
     # its weights under `vision_model.`; write them so (transformers 5 loads both forms).
     vision.config.save_pretrained(out / "vision_tower")
     vision_state = {f"vision_model.{k}": v.contiguous() for k, v in vision.state_dict().items()}
-    save_file(vision_state, str(out / "vision_tower" / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        vision_state, str(out / "vision_tower" / "model.safetensors"), metadata={"format": "pt"}
+    )
     _image_processor(Path("/nonexistent"), vision_config).save_pretrained(out / "vision_tower")
     (out / "mm_projector").mkdir(exist_ok=True)
-    projector_cfg = {"architectures": ["MultimodalProjector"], "mm_projector_type": "mlp_downsample", "model_type": "v2l_projector"}
+    projector_cfg = {
+        "architectures": ["MultimodalProjector"],
+        "mm_projector_type": "mlp_downsample",
+        "model_type": "v2l_projector",
+    }
     (out / "mm_projector" / "config.json").write_text(json.dumps(projector_cfg, indent=2))
-    save_file({k: v.contiguous() for k, v in projector.state_dict().items()}, str(out / "mm_projector" / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in projector.state_dict().items()},
+        str(out / "mm_projector" / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
     top = {
         "architectures": ["LlavaLlamaModel"],
         "model_type": "llava_llama",
-        "llm_cfg": {**llm_config.to_dict(), "_name_or_path": "./llm", "architectures": ["LlamaForCausalLM"]},
-        "vision_tower_cfg": {**vision_config.to_dict(), "_name_or_path": "./vision_tower", "architectures": ["SiglipVisionModel"]},
+        "llm_cfg": {
+            **llm_config.to_dict(),
+            "_name_or_path": "./llm",
+            "architectures": ["LlamaForCausalLM"],
+        },
+        "vision_tower_cfg": {
+            **vision_config.to_dict(),
+            "_name_or_path": "./vision_tower",
+            "architectures": ["SiglipVisionModel"],
+        },
         "mm_projector_cfg": {**projector_cfg, "_name_or_path": "./mm_projector"},
         "hidden_size": llm_config.hidden_size,
         "mm_hidden_size": vision_config.hidden_size,
