@@ -106,11 +106,16 @@ TEMPLATES: dict[str, Template] = {
         image_separator="\n",
         turn_end="</s>",
     ),
-    # VILA-1.5-8B uses the llama_3 conversation template.
+    # VILA-1.5-8B: the llama_3 conversation template of VILA's llava/conversation.py
+    # (`llama_3_chat`), system prompt included.
     "llama3": Template(
         name="llama3",
         image_token="<image>",
-        prefix="<|begin_of_text|>",
+        prefix=(
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and "
+            "vision assistant. You are able to understand the visual content that the user provides, and "
+            "assist the user with a variety of tasks using natural language.<|eot_id|>"
+        ),
         user_start="<|start_header_id|>user<|end_header_id|>\n\n",
         user_end="<|eot_id|>",
         assistant="<|start_header_id|>assistant<|end_header_id|>\n\n",

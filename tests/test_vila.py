@@ -131,7 +131,8 @@ def test_image_token_count_is_images_times_tokens_per_image() -> None:
     assert batch["pixel_values"].shape == (4, 3, 70, 70)
     # the prompt is the llama3 template, not the tokenizer's automatic BOS
     text = adapter.render([], examples[2])
-    assert text.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<image>\n")
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful")
+    assert "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\n" in text
     bos = adapter.tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
     row = batch["input_ids"][1][batch["attention_mask"][1].bool()]
     assert int(row[0]) == bos and int((row == bos).sum()) == 1

@@ -18,6 +18,11 @@ _ROOT = Path(tempfile.mkdtemp(prefix="mtv-tiny-"))
 
 @lru_cache(maxsize=None)
 def tiny_path(arch: str) -> Path:
+    """A tiny checkpoint of `arch` (one of ARCHES, or "vila" in VILA-1.5's on-disk layout)."""
+    if arch == "vila":
+        from model_wrappers.vila_model import write_tiny_vila
+
+        return write_tiny_vila(_ROOT / arch, seed=0)
     return build_tiny(arch, _ROOT / arch, seed=0)
 
 

@@ -51,9 +51,7 @@ class MTVTask(ConfigurableTask):
         if cfg.process_docs is not None:
             for split in list(self.dataset):
                 self.dataset[split] = cfg.process_docs(self.dataset[split])
-        self.dataset_no_image = datasets.DatasetDict(
-            {
-                split: ds.remove_columns([c for c, f in ds.features.items() if _has_image(f)])
-                for split, ds in self.dataset.items()
-            }
-        )
+        # lmms-eval builds each request's text from `dataset_no_image`; our doc_to_text is
+        # derived from the one example format, which reads the images (an episode's text
+        # depends on its rows, and the format validates them), so the images must stay.
+        self.dataset_no_image = self.dataset

@@ -1,0 +1,39 @@
+"""`hf_mtv`: any transformers image-text-to-text model whose heads the locator finds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from model_wrappers.base import MTVModel
+from model_wrappers.settings import WrapperSettings
+
+
+class HFMTV(MTVModel):
+    """Generic wrapper: `AutoModelForImageTextToText` + `AutoProcessor`.
+
+    The prompt template is the model type's row of `mtv_eval.adapter.TEMPLATES`, or
+    `template=NAME` in model_args.
+    """
+
+    processor_kwargs: dict[str, Any] = {}
+
+    def load(self, settings: WrapperSettings) -> tuple[torch.nn.Module, Any]:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        common = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code}
+        config = AutoConfig.from_pretrained(settings.pretrained, **common)
+        if not _has_vision(config):
+            # text-only causal LMs (GPT-2 smoke models): tokenizer instead of processor
+            model = AutoModelForCausalLM.from_pretrained(settings.pretrained, dtype=self._dtype, **common)
+            return model, AutoTokenizer.from_pretrained(settings.pretrained, **common)
+        model = AutoModelForImageTextToText.from_pretrained(settings.pretrained, dtype=self._dtype, **common)
+        processor = AutoProcessor.from_pretrained(settings.pretrained, **common, **self.processor_kwargs)
+        return model, processor
+
+
+def _has_vision(config: Any) -> bool:
+    return any(hasattr(config, name) for name in ("vision_config", "visual", "vision_tower"))

@@ -1,0 +1,34 @@
+"""`vila_mtv`: VILA-1.5 (e.g. Efficient-Large-Model/Llama-3-VILA1.5-8B), loaded natively.
+
+VILA's own package pins an old transformers; `model_wrappers.vila_model` rebuilds the
+model from stock transformers parts (Llama, SigLIP, the VILA projector) read from the
+checkpoint's on-disk layout. Prompts use the llama_3 template of the paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from model_wrappers.base import MTVModel
+from model_wrappers.settings import WrapperSettings
+
+
+class VilaMTV(MTVModel):
+    """VILA-1.5 with the llama_3 conversation template (`TEMPLATES["llama3"]`)."""
+
+    def load(self, settings: WrapperSettings) -> tuple[torch.nn.Module, Any]:
+        from model_wrappers.vila_model import load_vila
+
+        path = settings.pretrained
+        if not __import__("os").path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(path, revision=settings.revision)
+        return load_vila(path, dtype=self._dtype, device=self._device)
+
+    def make_adapter(self, model: torch.nn.Module, processor: Any):
+        from mtv_eval.adapter import TEMPLATES, ProcessorAdapter
+
+        return ProcessorAdapter(model, processor, template=TEMPLATES[self.settings.template or "llama3"])

@@ -1,0 +1,209 @@
+"""lmms-eval wrappers end to end: tiny real models, generated task data, lmms-eval's evaluator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import fixtures_data
+from mtv_eval.artifact import ArtifactError
+from mtv_eval.run import run_evaluation
+from tiny_models import tiny_path
+
+TASK = "vizwiz_vqa_mtv"
+BUDGETS = "search_examples=4,icl_shots=0/2,mtv_shots=2,mtv_iterations=4"
+FAST_MTV = "mtv_shots=2,mtv_iterations=4,search_steps=3,search_samples=4,search_examples=4"
+WRAPPERS = [("hf_mtv", "llava"), ("idefics2_mtv", "idefics2"), ("qwen2_vl_mtv", "qwen2_vl"), ("vila_mtv", "vila")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def generated_data(tmp_path_factory: pytest.TempPathFactory):
+    root = fixtures_data.write_all(tmp_path_factory.mktemp("data"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MTV_DATA_DIR", str(root))
+    patch.setenv("MTV_EVAL_BUDGETS", BUDGETS)
+    yield root
+    patch.undo()
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("model, arch", WRAPPERS)
+def test_each_wrapper_runs_every_mode_and_writes_lmms_eval_files(model: str, arch: str, tmp_path: Path) -> None:
+    for mode in ("zero", "icl", "mtv"):
+        log_dir = tmp_path / f"log-{mode}"
+        args = f"pretrained={tiny_path(arch)},mode={mode},shots=2,{FAST_MTV},log_dir={log_dir},mtv_cache={tmp_path / 'cache'}"
+        results, results_file = run_evaluation(model, args, [TASK], tmp_path / f"out-{mode}", limit=3, batch_size=2)
+        assert TASK in results["results"] and "vqa_accuracy,none" in results["results"][TASK]
+        assert results_file.is_file() and results_file.name.endswith("_results.json")
+        samples = list(results_file.parent.glob(f"*_samples_{TASK}.jsonl"))
+        assert len(samples) == 1 and len(_lines(samples[0])) == 3
+        accounting = _lines(log_dir / f"accounting_{TASK}.jsonl")
+        assert len(accounting) == 3 and {a["mode"] for a in accounting} == {mode}
+        expected_shots = 2 if mode == "icl" else 0
+        assert all(a["shots_used"] == expected_shots and a["images"] == expected_shots + 1 for a in accounting)
+        assert all(a["prompt_tokens"] > 0 and a["generated_tokens"] >= 0 and a["seconds"] > 0 for a in accounting)
+        if mode == "mtv":
+            record = json.loads((log_dir / f"mtv_{TASK}.json").read_text())
+            assert record["source"] == "built" and record["selected_heads"] == accounting[0]["mtv_heads"]
+
+
+def _instance(cls_path: str, **kwargs):
+    module, name = cls_path.rsplit(".", 1)
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    return cls(**kwargs)
+
+
+def _record_inputs(model: torch.nn.Module) -> tuple[list[torch.Tensor], object]:
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[-1] > 1:  # the prompt forward, not a decoding step
+            seen.append(ids.detach().clone())
+
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_icl_mode_really_passes_k_plus_one_images(tmp_path: Path) -> None:
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from mtv_eval.taskspec import tasks_path
+
+    lm = _instance("model_wrappers.idefics2.Idefics2MTV", pretrained=str(tiny_path("idefics2")), mode="icl", shots=3)
+    config = lm.model.config  # lmms-eval's lm.clean() drops the model after evaluating
+    seen, handle = _record_inputs(lm.model)
+    try:
+        simple_evaluate(model=lm, tasks=[TASK], limit=2, task_manager=TaskManager(include_path=str(tasks_path())))
+    finally:
+        handle.remove()
+    image_token = config.image_token_id
+    per_image = config.perceiver_config.resampler_n_latents
+    assert seen, "the model was never called with a prompt"
+    for ids in seen:
+        for row in ids:
+            assert int((row == image_token).sum()) == 4 * per_image  # 3 shots + the query
+    assert all(a["images"] == 4 for a in lm.accounting[TASK])
+
+
+def test_mtv_reuses_cached_artifact_and_answers_identically(tmp_path: Path) -> None:
+    args = f"pretrained={tiny_path('llava')},mode=mtv,{FAST_MTV},mtv_cache={tmp_path / 'cache'}"
+    answers, sources = [], []
+    for run in range(2):
+        log_dir = tmp_path / f"log{run}"
+        _, results_file = run_evaluation("hf_mtv", f"{args},log_dir={log_dir}", [TASK], tmp_path / f"o{run}", limit=4)
+        samples = _lines(next(results_file.parent.glob(f"*_samples_{TASK}.jsonl")))
+        answers.append([s["filtered_resps"] for s in sorted(samples, key=lambda s: s["doc_id"])])
+        sources.append(json.loads((log_dir / f"mtv_{TASK}.json").read_text())["source"])
+    assert sources == ["built", "cache"]
+    assert answers[0] == answers[1]
+    artifacts = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(artifacts) == 1
+
+
+def test_a_changed_setting_builds_a_new_artifact(tmp_path: Path) -> None:
+    from mtv_eval.run import run_evaluation as run
+
+    for seed in (0, 1):
+        run("hf_mtv", f"pretrained={tiny_path('llava')},mode=mtv,{FAST_MTV},seed={seed},mtv_cache={tmp_path}",
+            [TASK], tmp_path / f"o{seed}", limit=1)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2
+
+
+def test_prompt_over_max_context_is_trimmed_or_refused(tmp_path: Path) -> None:
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from mtv_eval.taskspec import tasks_path
+
+    manager = TaskManager(include_path=str(tasks_path()))
+    probe = _instance("model_wrappers.hf.HFMTV", pretrained=str(tiny_path("llava")), mode="icl", shots=4)
+    simple_evaluate(model=probe, tasks=[TASK], limit=1, task_manager=manager)
+    full = probe.accounting[TASK][0]["prompt_tokens"]
+    limit = full - 1  # one token too many for 4 shots
+    lm = _instance("model_wrappers.hf.HFMTV", pretrained=str(tiny_path("llava")), mode="icl", shots=4, max_context=limit)
+    simple_evaluate(model=lm, tasks=[TASK], limit=1, task_manager=manager)
+    record = lm.accounting[TASK][0]
+    assert record["shots_dropped"] >= 1 and record["shots_used"] == 4 - record["shots_dropped"]
+    assert record["prompt_tokens"] <= limit
+    strict = _instance("model_wrappers.hf.HFMTV", pretrained=str(tiny_path("llava")), mode="icl", shots=4,
+                       max_context=limit, on_overflow="error")
+    with pytest.raises(ValueError, match=rf"over max_context={limit}.*on_overflow=trim"):
+        simple_evaluate(model=strict, tasks=[TASK], limit=1, task_manager=manager)
+
+
+def test_bad_model_args_fail_before_loading() -> None:
+    from model_wrappers.settings import WrapperArgumentError
+
+    with pytest.raises(WrapperArgumentError, match="unknown mode 'few'"):
+        _instance("model_wrappers.hf.HFMTV", pretrained="does/not-exist", mode="few")
+    with pytest.raises(WrapperArgumentError, match="'shot' \\(did you mean 'shots'\\?\\)"):
+        _instance("model_wrappers.hf.HFMTV", pretrained="does/not-exist", shot=4)
+    with pytest.raises(WrapperArgumentError, match="pretrained="):
+        _instance("model_wrappers.hf.HFMTV", mode="icl")
+
+
+def test_icl_shots_larger_than_support_pool_is_refused_before_generation() -> None:
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from mtv_eval.taskspec import tasks_path
+
+    lm = _instance("model_wrappers.hf.HFMTV", pretrained=str(tiny_path("llava")), mode="icl", shots=500)
+    with pytest.raises(ValueError, match=r"shots=500 is larger than the support pool \(24 examples\)"):
+        simple_evaluate(model=lm, tasks=[TASK], limit=1, task_manager=TaskManager(include_path=str(tasks_path())))
+    assert not lm.accounting[TASK]
+
+
+def test_mtv_artifact_of_another_model_is_refused_at_start(tmp_path: Path) -> None:
+    args = f"pretrained={tiny_path('llava')},mode=mtv,{FAST_MTV},mtv_cache={tmp_path}"
+    run_evaluation("hf_mtv", args, [TASK], tmp_path / "o", limit=1)
+    artifact = next(tmp_path.rglob("*.json"))
+    artifact = artifact if artifact.with_suffix(".safetensors").exists() else next(
+        p for p in tmp_path.rglob("*.json") if p.with_suffix(".safetensors").exists())
+    with pytest.raises(ArtifactError, match="built for heads of shape"):
+        _instance("model_wrappers.idefics2.Idefics2MTV", pretrained=str(tiny_path("idefics2")), mode="mtv",
+                  mtv_path=str(artifact))
+
+
+def test_entry_points_register_every_model_name() -> None:
+    from lmms_eval.models import get_model
+
+    for name in ("hf_mtv", "idefics2_mtv", "qwen_vl_mtv", "qwen2_vl_mtv", "vila_mtv"):
+        assert get_model(name).__module__.startswith("model_wrappers."), name
+
+
+def test_qwen_vl_needs_explicit_trust_and_a_compatible_transformers() -> None:
+    from model_wrappers.qwen_vl import IncompatibleTransformersError, check_qwen_vl_transformers
+    from model_wrappers.settings import WrapperArgumentError
+
+    with pytest.raises(WrapperArgumentError, match="trust_remote_code=True"):
+        _instance("model_wrappers.qwen_vl.QwenVLMTV", pretrained="Qwen/Qwen-VL")
+    with pytest.raises(IncompatibleTransformersError, match=r"transformers==4\.32\.0.*5\.1\.0"):
+        check_qwen_vl_transformers("5.1.0")
+    check_qwen_vl_transformers("4.32.0")  # the version its remote code was written for passes
+
+
+def test_qwen_vl_prompts_number_pictures_and_locate_gpt_style_heads() -> None:
+    from mtv_eval.adapter import TEMPLATES
+    from mtv_eval.examples import Example
+    from mtv_eval.tiny import load_tiny
+    from model_wrappers.qwen_vl import QwenVLAdapter
+    from tiny_models import image
+
+    model, tokenizer = load_tiny(tiny_path("gpt2"))  # shares Qwen-VL's transformer.h.N.attn.c_proj naming
+    adapter = QwenVLAdapter(model, tokenizer, template=TEMPLATES["qwen_vl"])
+    assert adapter.sites.names[0] == "transformer.h.0.attn.c_proj"
+    shot = Example(segments=(image(1), "What is it?"), answer="red", uid="s")
+    query = Example(segments=(image(2), "What is it?"), answer="blue", uid="q")
+    batch = adapter.encode([[shot]], [query])
+    text = tokenizer.decode(batch.inputs["input_ids"][0], skip_special_tokens=True)
+    assert "Picture 1: <img>" in text and "Picture 2: <img>" in text and text.count("</img>") == 2
+    paths = [part.split("</img>")[0] for part in text.split("<img>")[1:]]
+    assert all(Path(p).is_file() for p in paths)
