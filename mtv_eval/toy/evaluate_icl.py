@@ -76,7 +76,9 @@ def icl_accuracy(
                         logits = model(**inputs).logits[:, -1]
                 else:
                     logits = model(**inputs).logits[:, -1]
-                target = torch.tensor(tokenizer.convert_tokens_to_ids([ex.answer for ex in q]), device=device)
+                target = torch.tensor(
+                    tokenizer.convert_tokens_to_ids([ex.answer for ex in q]), device=device
+                )
                 correct += int((logits.argmax(-1) == target).sum())
             out[task][k] = correct / n
     model.train(was_training)
@@ -101,9 +103,13 @@ def format_table(results: dict[str, dict[str, dict[int, float]]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", default=str(Path(__file__).parent / "checkpoint"))
-    parser.add_argument("--n", type=int, default=256, help="held-out queries per task and shot count")
+    parser.add_argument(
+        "--n", type=int, default=256, help="held-out queries per task and shot count"
+    )
     parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5])
     parser.add_argument("--seed", type=int, default=0)
@@ -117,13 +123,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     processor = AutoProcessor.from_pretrained(args.checkpoint)
     t0 = time.time()
     results = {
-        f"noise={noise}": icl_accuracy(model, processor, shots=args.shots, n=args.n, noise=noise, seed=args.seed)
+        f"noise={noise}": icl_accuracy(
+            model, processor, shots=args.shots, n=args.n, noise=noise, seed=args.seed
+        )
         for noise in args.noise
     }
     print(format_table(results))
     print(f"({args.n} held-out queries per cell, {time.time() - t0:.1f}s on {args.device})")
     if args.out:
-        payload = {"checkpoint": args.checkpoint, "n": args.n, "seed": args.seed, "accuracy": results}
+        payload = {
+            "checkpoint": args.checkpoint,
+            "n": args.n,
+            "seed": args.seed,
+            "accuracy": results,
+        }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
 

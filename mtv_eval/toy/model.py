@@ -33,8 +33,28 @@ CONTEXT_SHOTS = 2
 SPECIAL = ["<pad>", "<unk>", IMAGE_TOKEN, "</s>"]
 # Prompt words (the plain template and the question), answer words, and a few common
 # instruction words so lmms-eval's prompt suffixes tokenize to known ids.
-WORDS = ["\n", "What", "is", "it", "?", "A", ":", ".", ",", "'", *ANSWER_WORDS,
-         "Answer", "the", "question", "using", "a", "single", "word", "or", "phrase"]
+WORDS = [
+    "\n",
+    "What",
+    "is",
+    "it",
+    "?",
+    "A",
+    ":",
+    ".",
+    ",",
+    "'",
+    *ANSWER_WORDS,
+    "Answer",
+    "the",
+    "question",
+    "using",
+    "a",
+    "single",
+    "word",
+    "or",
+    "phrase",
+]
 TEMPLATE = TEMPLATES["plain"]
 
 
@@ -73,7 +93,9 @@ def context_tokens(shots: int = CONTEXT_SHOTS) -> int:
 
 def build_processor() -> LlavaProcessor:
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=True
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_center_crop=True,
     )
     return LlavaProcessor(
         image_processor=image_processor,
@@ -84,24 +106,53 @@ def build_processor() -> LlavaProcessor:
     )
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, size: str = "base") -> LlavaForConditionalGeneration:
+def build_model(
+    tokenizer: PreTrainedTokenizerFast, size: str = "base"
+) -> LlavaForConditionalGeneration:
     """A freshly initialised toy LLaVA (seed torch first for reproducible weights)."""
-    text = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 6, "num_attention_heads": 8}
-    vision = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4}
+    text = {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+    }
+    vision = {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+    }
     if size == "small":  # for quick CPU smoke runs
-        text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
-        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+        text = {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        }
+        vision = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        }
     config = LlavaConfig(
         vision_config={
-            "model_type": "clip_vision_model", **vision, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+            "model_type": "clip_vision_model",
+            **vision,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
             "projection_dim": vision["hidden_size"],
         },
         text_config={
-            "model_type": "llama", "vocab_size": len(tokenizer), **text,
+            "model_type": "llama",
+            "vocab_size": len(tokenizer),
+            **text,
             "num_key_value_heads": text["num_attention_heads"],
             "head_dim": text["hidden_size"] // text["num_attention_heads"],
-            "max_position_embeddings": context_tokens(CONTEXT_SHOTS), "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None,
+            "max_position_embeddings": context_tokens(CONTEXT_SHOTS),
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": None,
         },
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_select_strategy="full",
@@ -137,12 +188,19 @@ class FastEncoder:
         todo = [it for it in items if it.uid not in self.pixels]
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            pv = self.processor.image_processor([it.image for it in chunk], return_tensors="pt")["pixel_values"]
+            pv = self.processor.image_processor([it.image for it in chunk], return_tensors="pt")[
+                "pixel_values"
+            ]
             for it, p in zip(chunk, pv):
                 self.pixels[it.uid] = p
 
-    def encode(self, shots_per_prompt: Sequence[Sequence[Example]], queries: Sequence[Example]) -> dict[str, torch.Tensor]:
-        texts = [TEMPLATE.render(s, q).replace(IMAGE_TOKEN, IMAGE_TOKEN * IMAGE_TOKENS) for s, q in zip(shots_per_prompt, queries)]
+    def encode(
+        self, shots_per_prompt: Sequence[Sequence[Example]], queries: Sequence[Example]
+    ) -> dict[str, torch.Tensor]:
+        texts = [
+            TEMPLATE.render(s, q).replace(IMAGE_TOKEN, IMAGE_TOKEN * IMAGE_TOKENS)
+            for s, q in zip(shots_per_prompt, queries)
+        ]
         enc = self.tokenizer(texts, padding=True, return_tensors="pt")
         uids = [ex.uid for s, q in zip(shots_per_prompt, queries) for ex in (*s, q)]
         return {

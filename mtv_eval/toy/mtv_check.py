@@ -28,7 +28,9 @@ from mtv_eval.toy import CHECKPOINT, world
 
 
 @torch.no_grad()
-def zero_shot_accuracy(adapter: ProcessorAdapter, queries, means=None, mask=None, batch_size: int = 128) -> float:
+def zero_shot_accuracy(
+    adapter: ProcessorAdapter, queries, means=None, mask=None, batch_size: int = 128
+) -> float:
     correct = 0
     for start in range(0, len(queries), batch_size):
         q = queries[start : start + batch_size]
@@ -44,7 +46,9 @@ def zero_shot_accuracy(adapter: ProcessorAdapter, queries, means=None, mask=None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", default=str(CHECKPOINT))
     parser.add_argument("--shots", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=100)
@@ -60,17 +64,30 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(args.checkpoint).to(args.device).eval()
-    adapter = ProcessorAdapter(model, AutoProcessor.from_pretrained(args.checkpoint), template=TEMPLATES["plain"])
+    adapter = ProcessorAdapter(
+        model, AutoProcessor.from_pretrained(args.checkpoint), template=TEMPLATES["plain"]
+    )
     results, vectors = {}, {}
     for task in args.tasks:
         t0 = time.time()
         support = world.examples(task, "support", 512, noise=args.noise, noise_seed=args.seed)
-        means = mean_activations(adapter, support, ExtractConfig(shots=args.shots, iterations=args.iterations,
-                                                                 batch_size=50, seed=args.seed), progress=False)
+        means = mean_activations(
+            adapter,
+            support,
+            ExtractConfig(
+                shots=args.shots, iterations=args.iterations, batch_size=50, seed=args.seed
+            ),
+            progress=False,
+        )
         # The search scores zero-shot prompts of support queries against their answers;
         # those answers are the noisy ones a user would hold, as in the support split.
-        found = search_heads(adapter, means, support[256:],
-                             SearchConfig(steps=args.steps, seed=args.seed), progress=False)
+        found = search_heads(
+            adapter,
+            means,
+            support[256:],
+            SearchConfig(steps=args.steps, seed=args.seed),
+            progress=False,
+        )
         queries = world.examples(task, "eval", args.n)
         vectors[task] = (means, found.mask)
         results[task] = {
@@ -87,7 +104,10 @@ def main() -> None:
             results.setdefault("out_of_domain", {})[f"{task}->{other}"] = acc
             print(f"OOD {task} -> {other}: {acc:.3f}", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "device": args.device, "results": results}, indent=1) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"args": vars(args), "device": args.device, "results": results}, indent=1)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

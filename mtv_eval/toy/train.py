@@ -25,9 +25,9 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Sequence
 
 import torch
 import transformers
@@ -42,7 +42,7 @@ class TrainConfig:
     out: str
     log_dir: str
     seed: int = 0
-    steps: int = 8000
+    steps: int = 3000  # the committed checkpoint
     batch_size: int = 128
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
@@ -61,7 +61,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.max_shots > toy_model.CONTEXT_SHOTS:
-            raise ValueError(f"max_shots {self.max_shots} exceeds the context limit of {toy_model.CONTEXT_SHOTS} shots")
+            raise ValueError(
+                f"max_shots {self.max_shots} exceeds the context limit of {toy_model.CONTEXT_SHOTS} shots"
+            )
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError("noise must be a probability")
 
@@ -70,7 +72,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
 
 
 class EpisodeSampler:
@@ -79,7 +83,9 @@ class EpisodeSampler:
     def __init__(self, cfg: TrainConfig, tokenizer: transformers.PreTrainedTokenizerFast) -> None:
         self.cfg = cfg
         self.rng = random.Random(world._seed("train-episodes", cfg.seed))
-        self.pools = {f: world.pool(f, "train", cfg.train_pool, cfg.world_seed) for f in world.FAMILIES}
+        self.pools = {
+            f: world.pool(f, "train", cfg.train_pool, cfg.world_seed) for f in world.FAMILIES
+        }
         self.tasks = list(world.TASKS)
         self.tokenizer = tokenizer
 
@@ -101,7 +107,10 @@ class EpisodeSampler:
             shots_per_prompt.append(shots)
             queries.append(query)
             targets.append(row)
-        ids = [[self.tokenizer.convert_tokens_to_ids(w) if w is not None else -100 for w in row] for row in targets]
+        ids = [
+            [self.tokenizer.convert_tokens_to_ids(w) if w is not None else -100 for w in row]
+            for row in targets
+        ]
         return shots_per_prompt, queries, torch.tensor(ids)
 
 
@@ -111,11 +120,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_encoding(model, processor, encoder: toy_model.FastEncoder, sampler: EpisodeSampler) -> str:
+def check_encoding(
+    model, processor, encoder: toy_model.FastEncoder, sampler: EpisodeSampler
+) -> str:
     """Assert the fast encoder gives what ProcessorAdapter.encode gives."""
     try:
         from mtv_eval.adapter import TEMPLATES, ProcessorAdapter
-    except Exception as err:  # the engine package may be mid-edit; training does not need it
+    except ImportError as err:  # the engine package may be mid-edit; training does not need it
         return f"skipped ({type(err).__name__}: {err})"
     adapter = ProcessorAdapter(model, processor, template=TEMPLATES["plain"])
     state = sampler.rng.getstate()
@@ -149,10 +160,15 @@ def train(cfg: TrainConfig) -> dict:
         encoder.cache(world.pool(family, "support", 512, cfg.world_seed))
         encoder.cache(world.pool(family, "eval", max(cfg.eval_n, 256), cfg.world_seed))
     encoding_check = check_encoding(model, processor, encoder, sampler)
-    print(f"data ready in {time.time() - t_data:.1f}s; encoding {encoding_check}; {n_params} parameters", flush=True)
+    print(
+        f"data ready in {time.time() - t_data:.1f}s; encoding {encoding_check}; {n_params} parameters",
+        flush=True,
+    )
 
     colon = tokenizer.convert_tokens_to_ids(":")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
+    )
     use_bf16 = cfg.bf16 and device.type == "cuda"
     log_path = log_dir / "train_log.jsonl"
     log = log_path.open("w")
@@ -160,21 +176,30 @@ def train(cfg: TrainConfig) -> dict:
         "config": asdict(cfg),
         "command": " ".join(sys.argv),
         "parameters": n_params,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "encoding_check": encoding_check,
-        "world": {"tasks": world.TASKS, "values": world.VALUES, "question": world.QUESTION, "image_size": world.IMAGE_SIZE},
+        "world": {
+            "tasks": world.TASKS,
+            "values": world.VALUES,
+            "question": world.QUESTION,
+            "image_size": world.IMAGE_SIZE,
+        },
         "model_config": model.config.to_dict(),
     }
     (log_dir / "config.json").write_text(json.dumps(config_record, indent=1, default=str) + "\n")
 
     def evaluate(step: int, n: int) -> dict:
-        enc = lambda s, q: encoder.encode(s, q)  # noqa: E731
+        enc = lambda s, q: encoder.encode(s, q)
         rec = {}
         for noise in (0.0, cfg.noise):
-            acc = icl_accuracy(model, processor, shots=range(cfg.max_shots + 1), n=n, noise=noise, encoder=enc)
+            acc = icl_accuracy(
+                model, processor, shots=range(cfg.max_shots + 1), n=n, noise=noise, encoder=enc
+            )
             rec[f"noise={noise}"] = {"per_task": acc, "mean": summary(acc)}
         means = {name: {k: round(v, 3) for k, v in r["mean"].items()} for name, r in rec.items()}
         print(f"step {step}: held-out ICL accuracy by shots {means}", flush=True)
@@ -187,7 +212,10 @@ def train(cfg: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         shots, queries, targets = sampler.batch()
-        inputs = {key: v.to(device, non_blocking=True) for key, v in encoder.encode(shots, queries).items()}
+        inputs = {
+            key: v.to(device, non_blocking=True)
+            for key, v in encoder.encode(shots, queries).items()
+        }
         targets = targets.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             hidden = model.model(**inputs).last_hidden_state
@@ -195,7 +223,9 @@ def train(cfg: TrainConfig) -> dict:
         picked = hidden[positions].view(targets.shape[0], targets.shape[1], -1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model.lm_head(picked).float()
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=-100
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -205,13 +235,21 @@ def train(cfg: TrainConfig) -> dict:
         seen += 1
         last = step == cfg.steps - 1
         if (step + 1) % 100 == 0 or last:
-            rec = {"step": step + 1, "loss": running_loss / seen, "train_query_acc": running_acc / seen,
-                   "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 1)}
+            rec = {
+                "step": step + 1,
+                "loss": running_loss / seen,
+                "train_query_acc": running_acc / seen,
+                "lr": lr_at(step, cfg),
+                "elapsed_s": round(time.time() - t0, 1),
+            }
             if (step + 1) % cfg.eval_every == 0 or last:
                 rec["heldout"] = evaluate(step + 1, cfg.eval_n)
             else:
-                print(f"step {step + 1}: loss {rec['loss']:.4f} train acc {rec['train_query_acc']:.3f} "
-                      f"({rec['elapsed_s']}s)", flush=True)
+                print(
+                    f"step {step + 1}: loss {rec['loss']:.4f} train acc {rec['train_query_acc']:.3f} "
+                    f"({rec['elapsed_s']}s)",
+                    flush=True,
+                )
             log.write(json.dumps(rec) + "\n")
             log.flush()
             running_loss, running_acc, seen = 0.0, 0.0, 0
@@ -220,8 +258,13 @@ def train(cfg: TrainConfig) -> dict:
 
     model.eval()
     model.to("cpu", dtype=torch.float32)
-    model.config.toy_world = {**model.config.toy_world, "train_seed": cfg.seed, "train_steps": cfg.steps,
-                              "train_noise": cfg.noise, "world_seed": cfg.world_seed}
+    model.config.toy_world = {
+        **model.config.toy_world,
+        "train_seed": cfg.seed,
+        "train_steps": cfg.steps,
+        "train_noise": cfg.noise,
+        "world_seed": cfg.world_seed,
+    }
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(cfg.out)
     processor.save_pretrained(cfg.out)
@@ -233,7 +276,9 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def parse(argv: Sequence[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     defaults = TrainConfig(out="", log_dir="")
     parser.add_argument("--out", required=True, help="checkpoint folder (save_pretrained)")
     parser.add_argument("--log-dir", default="results/toy_training")
@@ -242,7 +287,9 @@ def parse(argv: Sequence[str] | None = None) -> TrainConfig:
             continue
         flag = "--" + field.replace("_", "-")
         if isinstance(value, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
+            parser.add_argument(
+                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value
+            )
         else:
             parser.add_argument(flag, type=type(value), default=value)
     args = vars(parser.parse_args(argv))

@@ -63,7 +63,12 @@ SIMILAR: dict[str, str] = {
     "multi_shape": "single_shape",
 }
 
-_RGB = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+_RGB = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 210, 40),
+}
 _SPLIT_SALT = {"train": 101, "support": 202, "eval": 303}
 
 
@@ -77,7 +82,14 @@ class Item:
     family: str
 
 
-def _shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> None:
+def _shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    cx: float,
+    cy: float,
+    r: float,
+    fill: tuple[int, int, int],
+) -> None:
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "square":
@@ -100,7 +112,9 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random) -> tuple[int, int, in
 def draw_item(family: str, attrs: dict[str, str], rng: random.Random) -> Image.Image:
     """Draw one image of `family` with the given attributes (layout jitter from `rng`)."""
     base = rng.randint(10, 60)
-    noise = np.asarray([rng.randint(0, 20) for _ in range(IMAGE_SIZE * IMAGE_SIZE * 3)], dtype=np.int16)
+    noise = np.asarray(
+        [rng.randint(0, 20) for _ in range(IMAGE_SIZE * IMAGE_SIZE * 3)], dtype=np.int16
+    )
     arr = np.clip(base + noise.reshape(IMAGE_SIZE, IMAGE_SIZE, 3), 0, 255).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
     draw = ImageDraw.Draw(img)
@@ -147,7 +161,9 @@ def pool(family: str, split: str, size: int, seed: int = 0) -> tuple[Item, ...]:
     items = []
     for i in range(size):
         attrs = {a: rng.choice(VALUES[a]) for a in FAMILIES[family]}
-        items.append(Item(draw_item(family, attrs, rng), attrs, f"toy-{seed}-{family}-{split}-{i}", family))
+        items.append(
+            Item(draw_item(family, attrs, rng), attrs, f"toy-{seed}-{family}-{split}-{i}", family)
+        )
     return tuple(items)
 
 
@@ -157,7 +173,9 @@ def to_example(item: Item, task: str, answer: str | None = None, copies: int = 1
     if family != item.family:
         raise ValueError(f"task {task} asks about {family} images, got a {item.family} image")
     word = answer if answer is not None else item.attrs[attr]
-    return Example(segments=(item.image, QUESTION), answer=word, answers=(word,) * copies, uid=item.uid)
+    return Example(
+        segments=(item.image, QUESTION), answer=word, answers=(word,) * copies, uid=item.uid
+    )
 
 
 def noisy_answer(true: str, noise: float, rng: random.Random) -> str:
@@ -166,7 +184,13 @@ def noisy_answer(true: str, noise: float, rng: random.Random) -> str:
 
 
 def examples(
-    task: str, split: str, size: int, noise: float = 0.0, seed: int = 0, noise_seed: int = 0, copies: int = 1
+    task: str,
+    split: str,
+    size: int,
+    noise: float = 0.0,
+    seed: int = 0,
+    noise_seed: int = 0,
+    copies: int = 1,
 ) -> list[Example]:
     """`size` examples of `task` from a split's pool; `noise` corrupts answers (support only)."""
     family, attr = TASKS[task]
@@ -177,7 +201,9 @@ def examples(
     return out
 
 
-def sample_shots(support: Sequence[Example], k: int, rng: random.Random, exclude_uid: str = "") -> list[Example]:
+def sample_shots(
+    support: Sequence[Example], k: int, rng: random.Random, exclude_uid: str = ""
+) -> list[Example]:
     """`k` distinct shots drawn from `support`, never the query's own image."""
     chosen: list[Example] = []
     while len(chosen) < k:
@@ -188,7 +214,12 @@ def sample_shots(support: Sequence[Example], k: int, rng: random.Random, exclude
 
 
 def save_vqa_dataset(
-    task: str, out: str | Path, support_size: int = 512, eval_size: int = 512, noise: float = 0.0, seed: int = 0
+    task: str,
+    out: str | Path,
+    support_size: int = 512,
+    eval_size: int = 512,
+    noise: float = 0.0,
+    seed: int = 0,
 ) -> Path:
     """Write a task's support (`train`) and eval (`val`) pools as a HF DatasetDict on disk.
 
@@ -196,8 +227,9 @@ def save_vqa_dataset(
     (ten strings), `category` (the task), plus `true_answer` (support answers may be
     noised; eval answers never are).
     """
-    from datasets import Dataset, DatasetDict, Features, Sequence as HFSequence, Value
+    from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as HFImage
+    from datasets import Sequence as HFSequence
 
     features = Features(
         {
@@ -211,7 +243,10 @@ def save_vqa_dataset(
     )
     family, attr = TASKS[task]
     splits = {}
-    for name, split, size, split_noise in (("train", "support", support_size, noise), ("val", "eval", eval_size, 0.0)):
+    for name, split, size, split_noise in (
+        ("train", "support", support_size, noise),
+        ("val", "eval", eval_size, 0.0),
+    ):
         exs = examples(task, split, size, noise=split_noise, seed=seed, copies=10)
         items = pool(family, split, size, seed)
         rows = {
