@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # Optional subcommand groups contributed by other modules: each exposes register(subparsers).
-PLUGINS = ("mtv_eval.data.cli", "mtv_eval.sweep_cli", "mtv_eval.extract_cli")
+PLUGINS = ("mtv_eval.data.cli", "mtv_eval.sweep_cli", "mtv_eval.extract_cli", "mtv_eval.bench_cli")
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
@@ -16,17 +16,6 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
 
     path = build_tiny(args.arch, args.out, seed=args.seed)
     print(f"wrote a tiny random-weight {args.arch} checkpoint to {path}")
-    return 0
-
-
-def _cmd_bench_search(args: argparse.Namespace) -> int:
-    from mtv_eval.bench import bench_search, format_search_result
-
-    result = bench_search(
-        arch=args.arch, device=args.device, dtype=args.dtype, samples=args.samples,
-        repeats=args.repeats, checkpoint=args.checkpoint, out=args.out,
-    )
-    print(format_search_result(result))
     return 0
 
 
@@ -57,22 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="folder to write the checkpoint to")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny)
-
-    bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    search = bench_sub.add_parser(
-        "search", help="head-search step time, exact (public code) against fast (ours)",
-        epilog="example: mtv-eval bench search --arch idefics2 --device cuda --dtype bfloat16",
-    )
-    search.add_argument("--arch", default="idefics2", choices=["idefics2", "qwen2_vl", "llava", "gpt2"])
-    search.add_argument("--checkpoint", default=None, help="a model folder to use instead of a tiny build")
-    search.add_argument("--device", default="cpu")
-    search.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    search.add_argument("--samples", type=int, default=32)
-    search.add_argument("--repeats", type=int, default=5)
-    search.add_argument("--out", default=None, help="write the figures as JSON here")
-    search.set_defaults(func=_cmd_bench_search)
-    setattr(parser, "_bench_subparsers", bench_sub)
 
     for module_name in PLUGINS:
         try:

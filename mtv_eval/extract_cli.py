@@ -1,0 +1,47 @@
+"""`mtv-eval extract`: build (or find in the cache) a task's MTV without evaluating.
+
+It loads the model through the same lmms-eval wrapper and the task through lmms-eval's
+TaskManager, so the artifact is exactly the one `mode=mtv` would build and then reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from lmms_eval.models import get_model
+    from lmms_eval.tasks import TaskManager, get_task_dict
+    from lmms_eval.utils import simple_parse_args_string
+
+    from mtv_eval.taskspec import tasks_path
+
+    model_args = simple_parse_args_string(args.model_args)
+    model_args["mode"] = "mtv"
+    lm = get_model(args.model)(**model_args)
+    manager = TaskManager(include_path=str(tasks_path()))
+    for task in args.tasks.split(","):
+        task_dict = get_task_dict([task], manager)
+        if task not in task_dict:
+            raise ValueError(f"task {task!r} did not load; see `mtv-eval tasks-path` and tasks/README.md")
+        lm.task_dict[task] = task_dict[task].dataset
+        lm._validate_task(task)
+        lm.mtv_for(task)
+        record = lm.mtv_records[task]
+        print(f"{task}: {record['source']} {record['path']}.json ({record['selected_heads']} heads, {record['seconds']} s)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `extract` subcommand."""
+    parser = subparsers.add_parser(
+        "extract",
+        help="build a task's MTV artifact (extraction + head search) without evaluating",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  mtv-eval extract --model idefics2_mtv "
+        "--model-args pretrained=HuggingFaceM4/idefics2-8b,mtv_cache=~/.cache/mtv-eval/mtv --tasks vizwiz_vqa_mtv",
+    )
+    parser.add_argument("--model", required=True, help="an mtv-eval lmms-eval model: hf_mtv, idefics2_mtv, ...")
+    parser.add_argument("--model-args", required=True, help="k=v,k=v as for lmms-eval (mode is set to mtv)")
+    parser.add_argument("--tasks", required=True, help="comma-separated task names")
+    parser.set_defaults(func=_cmd_extract)
