@@ -176,7 +176,10 @@ class ProcessorAdapter:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.sites: HeadSites = locate_heads(model)
-        self.template = template or template_for(self.sites.model_type)
+        # A checkpoint may name its prompt format in its config (`mtv_template`), as the
+        # toy model does; otherwise the model type's default row is used.
+        declared = getattr(getattr(model, "config", None), "mtv_template", None)
+        self.template = template or (TEMPLATES[declared] if declared else template_for(self.sites.model_type))
         model_type = self.sites.model_type
         self.images_nested = images_nested if images_nested is not None else model_type in {"idefics2", "idefics3", "smolvlm"}
         self.tokenizer.padding_side = "left"

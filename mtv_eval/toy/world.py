@@ -213,19 +213,18 @@ def sample_shots(
     return chosen
 
 
-def save_vqa_dataset(
+def vqa_dataset(
     task: str,
-    out: str | Path,
     support_size: int = 512,
     eval_size: int = 512,
     noise: float = 0.0,
     seed: int = 0,
-) -> Path:
-    """Write a task's support (`train`) and eval (`val`) pools as a HF DatasetDict on disk.
+):
+    """A task's support (`train`) and eval (`val`) pools as an in-memory HF DatasetDict.
 
     VQA schema as lmms-eval's VizWiz: `question_id`, `image` (PIL), `question`, `answers`
     (ten strings), `category` (the task), plus `true_answer` (support answers may be
-    noised; eval answers never are).
+    noised; eval answers never are). Deterministic in (task, sizes, noise, seed).
     """
     from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as HFImage
@@ -258,6 +257,18 @@ def save_vqa_dataset(
             "true_answer": [item.attrs[attr] for item in items],
         }
         splits[name] = Dataset.from_dict(rows, features=features)
+    return DatasetDict(splits)
+
+
+def save_vqa_dataset(
+    task: str,
+    out: str | Path,
+    support_size: int = 512,
+    eval_size: int = 512,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> Path:
+    """Write `vqa_dataset(...)` to disk (`datasets.load_from_disk` reads it back)."""
     out = Path(out)
-    DatasetDict(splits).save_to_disk(str(out))
+    vqa_dataset(task, support_size, eval_size, noise, seed).save_to_disk(str(out))
     return out
