@@ -1,0 +1,484 @@
+"""The comparison grid: zero-shot, ICL at every shot count of a task's budget, and MTV.
+
+A **cell** is one (model, model_args, task, method) evaluation, where method is
+
+- `zero`: `mode=zero`;
+- `icl-K`: `mode=icl,shots=K`, one cell for each K > 0 of the task's `icl_shots` budget
+  (`spec_for_task`, so `MTV_EVAL_BUDGETS` applies);
+- `mtv`: `mode=mtv` with the MTV budget of the task / model_args, or, with
+  `mtv_budgets=["4x100", "16x100"]`, one cell `mtv-SxI` each (`mtv_shots=S,mtv_iterations=I`).
+
+Every cell runs in this process through `mtv_eval.run.run_evaluation`, i.e. lmms-eval's
+own `simple_evaluate`, which loads the model afresh (lmms-eval's `lm.clean()` deletes the
+model after each evaluation). All MTV cells share one `mtv_cache` (`<out>/mtv_cache`
+unless model_args name one), so an artifact is built once.
+
+Layout of a sweep folder (`out`)::
+
+    out/
+      sweep.json                       the last plan: model, model_args, tasks, cells
+      sweep.log                        one line per cell event (done / skipped / failed)
+      mtv_cache/                       shared MTV artifacts
+      <task>/<method>/
+        cell.json                      manifest (CELL_SCHEMA): status, model, args, task,
+                                       method, examples seen, versions, timings, error
+        <model_sanitized>/<date>_results.json         lmms-eval's own files
+        <model_sanitized>/<date>_samples_<task>.jsonl
+        logs/accounting_<task>.jsonl   the wrapper's per-sample accounting
+        logs/mtv_<task>.json           the MTV build record (mtv cells)
+
+A cell is evaluated in `<task>/.<method>.partial/` and renamed to `<task>/<method>/`
+only once its `cell.json` is written, so a folder without the `.partial` suffix is always
+a complete record (status `done` or `failed`). Resuming: `done` cells whose fingerprint
+(model, args, task, method, limit, batch size, seed, budgets) matches are skipped; a
+leftover `.partial` folder (an interrupted cell) is deleted and the cell redone; `failed`
+cells are retried. A `done` cell with another fingerprint stops the sweep before anything
+runs (`SweepError`): use a new `out` or delete the cell. An interruption therefore loses
+at most the cell in progress.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+CELL_SCHEMA = 1
+CELL_FILE = "cell.json"
+PARTIAL_SUFFIX = ".partial"
+# model_args the sweep sets per cell; the user must not pass them.
+OWNED_ARGS = ("mode", "shots", "log_dir")
+
+
+class SweepError(ValueError):
+    """The sweep cannot start (bad arguments, or a finished cell made with other settings)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation of the grid.
+
+    Attributes:
+        task: lmms-eval task name.
+        method: `zero`, `icl-K`, `mtv` or `mtv-SxI`.
+        args: the model_args this method adds (mode, shots, MTV budget).
+        examples_seen: support examples the method uses per query (ICL: K; MTV: shots x
+            iterations of the extraction, the search examples not counted; None when the
+            MTV budget comes from the wrapper and is read back from its build record).
+    """
+
+    task: str
+    method: str
+    args: dict[str, str]
+    examples_seen: int | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.method}"
+
+
+@dataclass
+class CellOutcome:
+    """What happened to one cell in this invocation."""
+
+    cell: Cell
+    status: str  # "done", "skipped", "failed"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class SweepReport:
+    """Outcomes of a sweep, in plan order."""
+
+    out: Path
+    outcomes: list[CellOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def parse_model_args(text: str) -> dict[str, str]:
+    """`"k=v,k=v"` into an ordered dict (later duplicates win); values stay strings."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        if "=" not in part:
+            raise SweepError(f"model_args entry {part!r} is not NAME=VALUE")
+        key, value = part.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def format_model_args(args: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in args.items())
+
+
+def parse_mtv_budget(text: str) -> tuple[int, int]:
+    """`"4x100"` -> (shots 4, iterations 100)."""
+    try:
+        shots, iterations = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SweepError(f"MTV budget {text!r} is not SHOTSxITERATIONS, e.g. 4x100") from None
+    if shots < 1 or iterations < 1:
+        raise SweepError(f"MTV budget {text!r} needs positive shots and iterations")
+    return shots, iterations
+
+
+def plan_cells(
+    tasks: Sequence[str], model_args: dict[str, str], mtv_budgets: Sequence[str] = ()
+) -> list[Cell]:
+    """The cells of the grid, task by task: zero, icl-K ascending, then the MTV cells."""
+    from mtv_eval.taskspec import spec_for_task
+
+    cells: list[Cell] = []
+    for task in tasks:
+        try:
+            spec = spec_for_task(task)
+        except KeyError as error:
+            raise SweepError(str(error).strip("\"'")) from None
+        cells.append(Cell(task, "zero", {"mode": "zero"}, 0))
+        for k in sorted({k for k in spec.icl_shots if k > 0}):
+            cells.append(Cell(task, f"icl-{k}", {"mode": "icl", "shots": str(k)}, k))
+        if mtv_budgets:
+            for budget in mtv_budgets:
+                shots, iterations = parse_mtv_budget(budget)
+                cells.append(
+                    Cell(
+                        task,
+                        f"mtv-{shots}x{iterations}",
+                        {"mode": "mtv", "mtv_shots": str(shots), "mtv_iterations": str(iterations)},
+                        shots * iterations,
+                    )
+                )
+        else:
+            shots = int(model_args.get("mtv_shots", spec.mtv_shots))
+            iterations = int(model_args.get("mtv_iterations", spec.mtv_iterations))
+            cells.append(Cell(task, "mtv", {"mode": "mtv"}, shots * iterations))
+    return cells
+
+
+def versions() -> dict[str, str]:
+    """Versions of what can change the numbers (recorded in every cell.json)."""
+    out = {"python": platform.python_version()}
+    for dist in ("mtv-eval", "lmms_eval", "torch", "transformers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file and rename it over `path` (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Sweep progress lines: cell k of n, current task and method, elapsed, estimated remaining.
+
+    The estimate is the mean wall time of the cells evaluated so far in this invocation
+    (skipped cells cost nothing) times the cells still to evaluate.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total, self.stream = total, stream or sys.stderr
+        self.started = time.monotonic()
+        self.durations: list[float] = []
+
+    def line(self, index: int, cell: Cell, state: str, remaining_cells: int) -> str:
+        elapsed = time.monotonic() - self.started
+        if self.durations:
+            eta = _fmt_seconds(sum(self.durations) / len(self.durations) * remaining_cells)
+        else:
+            eta = "?" if remaining_cells else "0:00:00"
+        return (
+            f"[sweep] cell {index}/{self.total} | task {cell.task} | {cell.method} | {state} | "
+            f"elapsed {_fmt_seconds(elapsed)} | ~{eta} remaining"
+        )
+
+    def show(self, index: int, cell: Cell, state: str, remaining_cells: int) -> None:
+        print(self.line(index, cell, state, remaining_cells), file=self.stream, flush=True)
+
+
+def _fingerprint(
+    model: str, cell_args: dict[str, str], cell: Cell, limit: Any, batch_size: int, seed: int
+) -> dict:
+    from mtv_eval.taskspec import BUDGET_ENV
+
+    args = {k: v for k, v in cell_args.items() if k != "log_dir"}
+    return {
+        "model": model,
+        "model_args": format_model_args(args),
+        "task": cell.task,
+        "method": cell.method,
+        "limit": limit,
+        "batch_size": batch_size,
+        "seed": seed,
+        "budgets": os.environ.get(BUDGET_ENV, ""),
+    }
+
+
+def _digest(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_cell(folder: Path) -> dict[str, Any] | None:
+    """The cell.json of a cell folder, or None when absent or unreadable."""
+    try:
+        data = json.loads((folder / CELL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_sweep(
+    model: str,
+    model_args: str,
+    tasks: Sequence[str],
+    out: str | Path,
+    limit: float | None = None,
+    batch_size: int = 1,
+    mtv_budgets: Sequence[str] = (),
+    seed: int = 0,
+    include_path: list[str] | None = None,
+    stream: TextIO | None = None,
+    evaluate: Callable[..., Any] | None = None,
+) -> SweepReport:
+    """Run (or resume) the grid; see the module docstring for the layout and resume rules.
+
+    Args:
+        model: lmms-eval model name, e.g. `idefics2_mtv`.
+        model_args: the model's `k=v,...` args without mode/shots/log_dir (set per cell).
+        tasks: task names.
+        out: the sweep folder.
+        limit / batch_size / seed / include_path: passed to `run_evaluation`.
+        mtv_budgets: `SxI` strings for several MTV cells; empty = one `mtv` cell.
+        stream: where progress lines go (stderr).
+        evaluate: the evaluation function (default `mtv_eval.run.run_evaluation`).
+
+    Returns:
+        A SweepReport; a failed cell is recorded (status `failed` with its error) and
+        the sweep goes on with the next cell. KeyboardInterrupt propagates, leaving the
+        cell in progress as a `.partial` folder that the next run redoes.
+    """
+    from mtv_eval.run import run_evaluation
+
+    evaluate = evaluate or run_evaluation
+    stream = stream or sys.stderr
+    out = Path(out)
+    base = parse_model_args(model_args)
+    owned = [k for k in OWNED_ARGS if k in base]
+    if owned:
+        raise SweepError(
+            f"the sweep sets {', '.join(owned)} per cell; remove {', '.join(owned)}= from --model-args"
+        )
+    if not tasks:
+        raise SweepError("no tasks given")
+    base.setdefault("mtv_cache", str((out / "mtv_cache").resolve()))
+    cells = plan_cells(tasks, base, mtv_budgets)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Decide every cell's fate before running anything: a mismatching finished cell stops here.
+    plan: list[tuple[Cell, dict[str, str], dict, bool]] = []
+    for cell in cells:
+        final = out / cell.task / cell.method
+        cell_args = {**base, **cell.args, "log_dir": str((final / "logs").resolve())}
+        fingerprint = _fingerprint(model, cell_args, cell, limit, batch_size, seed)
+        existing = read_cell(final)
+        finished = existing is not None and existing.get("status") == "done"
+        if finished and existing.get("fingerprint_digest") != _digest(fingerprint):
+            raise SweepError(
+                f"cell {cell.name} in {out} was made with other settings ({existing.get('fingerprint')}); "
+                f"use a new --out or delete {final}"
+            )
+        plan.append((cell, cell_args, fingerprint, finished))
+    write_json_atomic(
+        out / "sweep.json",
+        {
+            "model": model,
+            "model_args": model_args,
+            "tasks": list(tasks),
+            "limit": limit,
+            "batch_size": batch_size,
+            "seed": seed,
+            "mtv_budgets": list(mtv_budgets),
+            "cells": [c.name for c in cells],
+            "versions": versions(),
+        },
+    )
+
+    report = SweepReport(out=out)
+    progress = Progress(len(plan), stream)
+    to_run = sum(1 for *_, finished in plan if not finished)
+    log = (out / "sweep.log").open("a")
+    try:
+        for index, (cell, cell_args, fingerprint, finished) in enumerate(plan, start=1):
+            if finished:
+                progress.show(index, cell, "skipped (finished)", to_run)
+                _log(log, f"{cell.name} skipped (finished)")
+                report.outcomes.append(CellOutcome(cell, "skipped"))
+                continue
+            progress.show(index, cell, "running", to_run)
+            outcome = _run_cell(
+                evaluate,
+                out,
+                cell,
+                model,
+                cell_args,
+                fingerprint,
+                limit,
+                batch_size,
+                seed,
+                include_path,
+            )
+            to_run -= 1
+            progress.durations.append(outcome.seconds)
+            state = "done" if outcome.status == "done" else f"FAILED: {outcome.error}"
+            progress.show(index, cell, f"{state} in {outcome.seconds:.1f} s", to_run)
+            _log(
+                log,
+                f"{cell.name} {outcome.status} {outcome.seconds:.1f}s"
+                + (f" {outcome.error}" if outcome.error else ""),
+            )
+            report.outcomes.append(outcome)
+    finally:
+        log.close()
+    return report
+
+
+def _log(handle: TextIO, message: str) -> None:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    handle.write(f"{stamp} {message}\n")
+    handle.flush()
+
+
+def _run_cell(
+    evaluate,
+    out: Path,
+    cell: Cell,
+    model: str,
+    cell_args: dict[str, str],
+    fingerprint: dict,
+    limit,
+    batch_size: int,
+    seed: int,
+    include_path,
+) -> CellOutcome:
+    final = out / cell.task / cell.method
+    work = out / cell.task / f".{cell.method}{PARTIAL_SUFFIX}"
+    if work.exists():
+        shutil.rmtree(work)  # left by an interrupted run: redo the cell
+    work.mkdir(parents=True)
+    # The wrapper writes its accounting into the work folder; cell.json names the final one.
+    run_args = {**cell_args, "log_dir": str((work / "logs").resolve())}
+    manifest: dict[str, Any] = {
+        "schema": CELL_SCHEMA,
+        "status": "running",
+        "model": model,
+        "model_args": format_model_args(cell_args),
+        "task": cell.task,
+        "method": cell.method,
+        "examples_seen": cell.examples_seen,
+        "limit": limit,
+        "batch_size": batch_size,
+        "seed": seed,
+        "fingerprint": fingerprint,
+        "fingerprint_digest": _digest(fingerprint),
+        "versions": versions(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        from mtv_eval.taskspec import spec_for_task
+
+        manifest["task_version"] = spec_for_task(cell.task).version
+    except Exception:  # noqa: BLE001 - recorded as unknown, lmms-eval's file has it too
+        manifest["task_version"] = None
+    started = time.perf_counter()
+    error = None
+    try:
+        _, results_file = evaluate(
+            model,
+            format_model_args(run_args),
+            [cell.task],
+            work,
+            limit=limit,
+            batch_size=batch_size,
+            include_path=include_path,
+            seed=seed,
+        )
+        results_file = Path(results_file)
+        samples = list(results_file.parent.glob(f"*_samples_{cell.task}.jsonl"))
+        if not samples:
+            raise RuntimeError(f"lmms-eval wrote no samples file for {cell.task}")
+        manifest["results_file"] = str(results_file.relative_to(work))
+        manifest["samples_file"] = str(samples[0].relative_to(work))
+    except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
+        error = f"{type(exc).__name__}: {exc}"
+        manifest["traceback"] = traceback.format_exc()
+    seconds = time.perf_counter() - started
+    manifest.update(
+        status="failed" if error else "done",
+        error=error,
+        seconds=round(seconds, 3),
+        finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_json_atomic(work / CELL_FILE, manifest)
+    if final.exists():
+        shutil.rmtree(final)  # an earlier failed attempt
+    os.rename(work, final)
+    return CellOutcome(cell, "failed" if error else "done", seconds, error)
+
+
+def summarize(report: SweepReport) -> str:
+    """One line per status count, plus the failed cells by name with their errors."""
+    counts = {
+        s: sum(1 for o in report.outcomes if o.status == s) for s in ("done", "skipped", "failed")
+    }
+    lines = [
+        f"sweep {report.out}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+    ]
+    for outcome in report.failed:
+        lines.append(
+            f"  FAILED {outcome.cell.name}: {outcome.error} (see {report.out / outcome.cell.name / CELL_FILE})"
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "CELL_FILE",
+    "CELL_SCHEMA",
+    "Cell",
+    "CellOutcome",
+    "Progress",
+    "SweepError",
+    "SweepReport",
+    "format_model_args",
+    "parse_model_args",
+    "parse_mtv_budget",
+    "plan_cells",
+    "read_cell",
+    "run_sweep",
+    "summarize",
+    "versions",
+]

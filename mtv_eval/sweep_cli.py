@@ -1,0 +1,171 @@
+"""The `sweep`, `compare` and `check` subcommands (registered by `mtv_eval.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SWEEP_EPILOG = """examples:
+  mtv-eval sweep --model idefics2_mtv --model-args pretrained=HuggingFaceM4/idefics2-8b \\
+      --tasks vizwiz_vqa_mtv,ok_vqa_mtv --out results/idefics2
+  mtv-eval sweep --model hf_mtv --model-args pretrained=/models/tiny,search_steps=3 \\
+      --tasks vizwiz_vqa_mtv --mtv-budgets 2x4,4x8 --limit 3 --out results/tiny
+
+Cells: zero, icl-K for each K > 0 of the task's icl_shots budget, mtv (or mtv-SxI per
+--mtv-budgets). Rerun the same command to resume: finished cells are skipped, an
+interrupted one is redone, failed ones are retried. Exit 1 when any cell failed."""
+
+COMPARE_EPILOG = """examples:
+  mtv-eval compare results/idefics2 results/qwen2vl --paper
+  mtv-eval compare results/idefics2 --context-limits 2048,4096 --plot results/idefics2.png
+  mtv-eval compare results/idefics2 --format json > baseline.json    # a check baseline"""
+
+CHECK_EPILOG = """examples:
+  mtv-eval compare results/main --format json > baseline.json
+  mtv-eval check --baseline baseline.json --current results/pr --tolerance 1.0
+
+Exit 1 when a baseline cell is missing, failed, or is more than --tolerance accuracy
+points below the baseline."""
+
+
+def _limits(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--context-limits {text!r} is not a comma-separated list of integers"
+        ) from None
+
+
+def _limit(text: str | None) -> int | float | None:
+    if text is None:
+        return None
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mtv_eval.sweep import run_sweep, summarize
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    budgets = [b.strip() for b in (args.mtv_budgets or "").split(",") if b.strip()]
+    try:
+        report = run_sweep(
+            args.model,
+            args.model_args,
+            tasks,
+            args.out,
+            limit=_limit(args.limit),
+            batch_size=args.batch_size,
+            mtv_budgets=budgets,
+            seed=args.seed,
+            include_path=args.include_path or None,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"mtv-eval sweep: interrupted; rerun the same command to resume ({args.out})",
+            file=sys.stderr,
+        )
+        return 130
+    print(summarize(report))
+    return 1 if report.failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mtv_eval.aggregate import collect, render
+
+    limits = _limits(args.context_limits)
+    collection = collect(args.run_dirs, paper=args.paper)
+    text = render(collection, limits, args.format)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.format in ("json", "csv") and collection.problems:
+        for problem in collection.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+    if args.plot:
+        from mtv_eval.plots import plot_collection
+
+        drawn = plot_collection(collection, args.plot, limits)
+        print(f"wrote {drawn['file']}", file=sys.stderr)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mtv_eval.check import run_check
+
+    code, text = run_check(args.baseline, args.current, args.tolerance)
+    print(text)
+    return code
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `sweep`, `compare` and `check` to the `mtv-eval` parser."""
+    raw = argparse.RawDescriptionHelpFormatter
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="run zero-shot, ICL at every shot count and MTV (resumable)",
+        epilog=SWEEP_EPILOG,
+        formatter_class=raw,
+    )
+    sweep.add_argument("--model", required=True, help="lmms-eval model name, e.g. idefics2_mtv")
+    sweep.add_argument(
+        "--model-args", default="", help="k=v,... without mode/shots/log_dir (set per cell)"
+    )
+    sweep.add_argument("--tasks", required=True, help="comma-separated task names")
+    sweep.add_argument(
+        "--out", required=True, help="sweep folder (one cell folder per task/method)"
+    )
+    sweep.add_argument(
+        "--limit", default=None, help="samples per cell (int) or fraction, for quick runs"
+    )
+    sweep.add_argument("--batch-size", type=int, default=1)
+    sweep.add_argument(
+        "--mtv-budgets", default="", help="SHOTSxITERATIONS,... for several MTV cells (mtv-SxI)"
+    )
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument(
+        "--include-path", action="append", help="extra lmms-eval task folder (repeatable)"
+    )
+    sweep.set_defaults(func=cmd_sweep)
+
+    compare = subparsers.add_parser(
+        "compare",
+        help="tables and plots of MTV against ICL from run folders",
+        epilog=COMPARE_EPILOG,
+        formatter_class=raw,
+    )
+    compare.add_argument("run_dirs", nargs="+", help="sweep folders or lmms-eval output folders")
+    compare.add_argument("--format", default="github", choices=["github", "latex", "csv", "json"])
+    compare.add_argument("--plot", default=None, help="write the plots to this PNG file")
+    compare.add_argument(
+        "--context-limits", default=None, help="extra context limits, e.g. 2048,4096"
+    )
+    compare.add_argument(
+        "--paper", action="store_true", help="add the paper's figures where model and task match"
+    )
+    compare.add_argument(
+        "--output", default=None, help="write the report to this file instead of stdout"
+    )
+    compare.set_defaults(func=cmd_compare)
+
+    chk = subparsers.add_parser(
+        "check",
+        help="fail (exit 1) on accuracy regressions against a baseline",
+        epilog=CHECK_EPILOG,
+        formatter_class=raw,
+    )
+    chk.add_argument(
+        "--baseline", required=True, help="compare --format json file, or a run folder"
+    )
+    chk.add_argument("--current", required=True, help="the run folder to check")
+    chk.add_argument(
+        "--tolerance", type=float, default=0.0, help="allowed drop in accuracy points (default 0)"
+    )
+    chk.set_defaults(func=cmd_check)
