@@ -35,12 +35,29 @@ def generated_data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _sweep_argv(out: Path) -> list[str]:
-    return ["sweep", "--model", "hf_mtv", "--model-args", f"pretrained={tiny_path('llava')},{FAST}",
-            "--tasks", TASK, "--limit", "2", "--batch-size", "2", "--out", str(out)]
+    return [
+        "sweep",
+        "--model",
+        "hf_mtv",
+        "--model-args",
+        f"pretrained={tiny_path('llava')},{FAST}",
+        "--tasks",
+        TASK,
+        "--limit",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_plan_has_zero_every_icl_shot_count_and_mtv_budgets() -> None:
@@ -50,7 +67,9 @@ def test_plan_has_zero_every_icl_shot_count_and_mtv_budgets() -> None:
     assert cells[1].args == {"mode": "icl", "shots": "2"}
     assert cells[3].args == {"mode": "mtv", "mtv_shots": "3", "mtv_iterations": "5"}
     default = plan_cells([TASK], {"mtv_shots": "3"})
-    assert default[-1].method == "mtv" and default[-1].examples_seen == 3 * 4  # iterations from the budget
+    assert (
+        default[-1].method == "mtv" and default[-1].examples_seen == 3 * 4
+    )  # iterations from the budget
     with pytest.raises(SweepError, match="no mtv-eval task named 'nope'"):
         plan_cells(["nope"], {})
     with pytest.raises(SweepError, match="SHOTSxITERATIONS"):
@@ -66,8 +85,13 @@ def test_sweep_refuses_args_it_sets_per_cell(tmp_path: Path) -> None:
 def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen([sys.executable, "-m", "mtv_eval.cli", *_sweep_argv(out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtv_eval.cli", *_sweep_argv(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     partial = out / TASK / ".icl-2.partial"
     deadline = time.monotonic() + 120
     try:
@@ -82,7 +106,9 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path: Path) -> 
     zero = out / TASK / "zero"
     manifest = json.loads((zero / "cell.json").read_text())
     assert manifest["status"] == "done" and manifest["method"] == "zero"
-    assert not (out / TASK / "icl-2").exists() and partial.is_dir()  # never a half cell under its real name
+    assert (
+        not (out / TASK / "icl-2").exists() and partial.is_dir()
+    )  # never a half cell under its real name
     before = _mtimes(zero)
     assert any(name.endswith("_results.json") for name in before)
 
@@ -121,4 +147,6 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path: Path) -> 
         assert main(_sweep_argv(out)) == 0
     assert "0 done, 3 skipped, 0 failed" in again.getvalue()
     with pytest.raises(SweepError, match=rf"cell {TASK}/zero .* other settings"):
-        run_sweep("hf_mtv", f"pretrained={tiny_path('llava')},{FAST}", [TASK], out, limit=3, batch_size=2)
+        run_sweep(
+            "hf_mtv", f"pretrained={tiny_path('llava')},{FAST}", [TASK], out, limit=3, batch_size=2
+        )
