@@ -6,7 +6,8 @@ One row of two panels per task:
   cells, x = mean shots used) and one `MTV` line (mtv cells, x = shots x iterations);
   zero-shot as a dashed horizontal line (0 has no place on a log axis); the context limit
   as a dotted vertical line at the shot count where ICL prompts reach it, estimated by a
-  least-squares line through (shots, mean prompt tokens) of the ICL cells; paper figures
+  least-squares line through (shots, mean prompt tokens) of the ICL cells (left out when
+  even zero-shot prompts exceed the limit, or fewer than two ICL points exist); paper figures
   (with `compare --paper`) as dotted lines of markers.
 - right: accuracy (%) against mean prompt tokens: ICL (zero-shot included) and MTV lines,
   the context limit(s) as dotted vertical lines at their token count.

@@ -34,7 +34,8 @@ a complete record (status `done` or `failed`). Resuming: `done` cells whose fing
 leftover `.partial` folder (an interrupted cell) is deleted and the cell redone; `failed`
 cells are retried. A `done` cell with another fingerprint stops the sweep before anything
 runs (`SweepError`): use a new `out` or delete the cell. An interruption therefore loses
-at most the cell in progress.
+at most the cell in progress. One sweep process per folder at a time: two sweeps writing the
+same folder would redo each other's cell in progress.
 """
 
 from __future__ import annotations
