@@ -25,14 +25,30 @@ class HFMTV(MTVModel):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         common = {"revision": settings.revision, "trust_remote_code": settings.trust_remote_code}
-        config = AutoConfig.from_pretrained(settings.pretrained, **common)
+        path = resolve_pretrained(settings.pretrained)
+        config = AutoConfig.from_pretrained(path, **common)
         if not _has_vision(config):
             # text-only causal LMs (GPT-2 smoke models): tokenizer instead of processor
-            model = AutoModelForCausalLM.from_pretrained(settings.pretrained, dtype=self._dtype, **common)
-            return model, AutoTokenizer.from_pretrained(settings.pretrained, **common)
-        model = AutoModelForImageTextToText.from_pretrained(settings.pretrained, dtype=self._dtype, **common)
-        processor = AutoProcessor.from_pretrained(settings.pretrained, **common, **self.processor_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype, **common)
+            return model, AutoTokenizer.from_pretrained(path, **common)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=self._dtype, **common)
+        processor = AutoProcessor.from_pretrained(path, **common, **self.processor_kwargs)
+        if path != settings.pretrained:
+            model.config._name_or_path = settings.pretrained  # artifacts name the alias, not a local path
         return model, processor
+
+
+TOY_MODEL = "mtv-eval/toy"
+
+
+def resolve_pretrained(name: str) -> str:
+    """`mtv-eval/toy` names the trained toy LMM shipped inside the package (a stable name
+    in result files, wherever mtv-eval is installed); anything else is passed through."""
+    if name == TOY_MODEL:
+        from mtv_eval.toy import CHECKPOINT
+
+        return str(CHECKPOINT)
+    return name
 
 
 def _has_vision(config: Any) -> bool:

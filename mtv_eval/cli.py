@@ -22,7 +22,7 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mtv_eval.demo import run_demo
 
-    return run_demo(out=args.out, steps=args.steps, seed=args.seed)
+    return run_demo(out=args.out, limit=args.limit, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the embedded default end to end (no GPU, no hub)")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--steps", type=int, default=60, help="head-search steps (default: 60)")
+    demo = sub.add_parser(
+        "demo", help="the embedded default: zero-shot vs ICL vs MTV on the trained toy LMM (CPU, offline)"
+    )
+    demo.add_argument("--out", default="runs/demo", help="sweep folder (default: runs/demo); reruns resume")
+    demo.add_argument("--limit", type=int, default=None, help="evaluate only the first N queries of each task")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
 

@@ -1,49 +1,60 @@
-"""The embedded default: MTV end to end on a tiny model built locally, with no GPU and no hub.
+"""The embedded default: the whole comparison on the trained toy LMM, on a CPU, offline.
 
-Until the trained toy LMM exists, this runs the core (extraction, head search, artifact
-round trip, zero-shot intervention) on a tiny random-weight LLaVA-style model. Its
-accuracy means nothing (random weights); it proves the pipeline runs on a fresh machine.
+`mtv-eval demo` sweeps the toy LMM shipped inside the package (`mtv-eval/toy`, a 1.5M
+parameter LLaVA-style model trained to do in-context learning on the toy world) over the
+six `toy_*` tasks: zero-shot, ICL with 1 and 2 shots (2 is all its 75-token context
+holds), and MTV with budgets from 10 to 800 support examples, far beyond what fits the
+context. It then prints the comparison table and writes the plots. Everything goes
+through the same lmms-eval wrappers, tasks, sweep and aggregator as the real benchmarks.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
-import torch
+from model_wrappers.hf import TOY_MODEL
 
-from mtv_eval.adapter import ProcessorAdapter
-from mtv_eval.artifact import MTV
-from mtv_eval.bench import synthetic_pool
-from mtv_eval.config import ExtractConfig, MTVConfig, SearchConfig
-from mtv_eval.engine.forward import forward_logits
-from mtv_eval.method import apply_mtv, build_mtv
-from mtv_eval.tiny import build_tiny, load_tiny
+TOY_TASKS = (
+    "toy_single_colour",
+    "toy_single_shape",
+    "toy_single_position",
+    "toy_multi_colour",
+    "toy_multi_shape",
+    "toy_multi_count",
+)
+MTV_BUDGETS = ("2x5", "2x25", "2x100", "2x400")
+MODEL_ARGS = f"pretrained={TOY_MODEL},batch_size=64"
 
 
-def run_demo(out: str = "runs/demo", steps: int = 60, seed: int = 0) -> int:
+def run_demo(out: str = "runs/demo", tasks: tuple[str, ...] = TOY_TASKS, budgets: tuple[str, ...] = MTV_BUDGETS,
+             limit: int | None = None, seed: int = 0) -> int:
+    """Sweep, compare and plot; returns the exit code (1 when a cell failed)."""
+    from mtv_eval.aggregate import collect, render
+    from mtv_eval.plots import plot_collection
+    from mtv_eval.sweep import run_sweep, summarize
+
     out_dir = Path(out)
-    print("mtv-eval demo: the core engine on a TINY RANDOM-WEIGHT LLaVA-style model built locally")
-    print("(no trained weights, so scores are meaningless: this shows the pipeline, not MTV's accuracy)")
-    checkpoint = build_tiny("llava", out_dir / "tiny-llava", seed=seed)
-    model, processor = load_tiny(checkpoint)
-    adapter = ProcessorAdapter(model, processor)
-    print(f"heads found: {adapter.sites.num_layers} layers x {adapter.sites.num_heads} heads x "
-          f"{adapter.sites.head_dim} dims at {adapter.sites.names[0]} ...")
-    pool = synthetic_pool(40, size=32, seed=seed)
-    config = MTVConfig(
-        extract=ExtractConfig(shots=4, iterations=20, batch_size=5, seed=seed),
-        search=SearchConfig(steps=steps, pool_size=20, select_examples=10, seed=seed),
+    print(f"mtv-eval demo: the trained toy LMM ({TOY_MODEL}) on {len(tasks)} toy tasks, "
+          f"zero-shot vs ICL (1-2 shots, its context limit) vs MTV ({', '.join(budgets)} shots x iterations)",
+          flush=True)
+    started = time.perf_counter()
+    report = run_sweep(
+        model="hf_mtv", model_args=f"pretrained={TOY_MODEL},seed={seed}", tasks=list(tasks), out=out_dir,
+        limit=limit, batch_size=64, mtv_budgets=list(budgets), seed=seed,
     )
-    mtv = build_mtv(adapter, pool[:20], pool[20:], config, task="synthetic_demo")
-    json_path = mtv.save(out_dir / "mtv" / "synthetic_demo")
-    loaded = MTV.load(json_path)
-    inputs = adapter.encode([[]], [pool[-1]]).inputs
-    with torch.no_grad():
-        clean = forward_logits(model, adapter.sites, inputs)
-        with apply_mtv(model, adapter.sites, loaded):
-            edited = forward_logits(model, adapter.sites, inputs)
-    print(f"selected heads: {loaded.num_heads_selected} of {adapter.sites.num_layers * adapter.sites.num_heads}")
-    print(f"artifact: {json_path} (+ .safetensors), content hash {loaded.metadata['content_hash']}")
-    print(f"zero-shot logits changed by the MTV: max |delta| = {(edited - clean).abs().max().item():.4f}")
-    print(f"build time: {mtv.metadata['total_seconds']:.1f} s")
-    return 0
+    print(summarize(report))
+    collection = collect([out_dir])
+    table = render(collection, fmt="github")
+    (out_dir / "comparison.md").write_text(table + "\n")
+    (out_dir / "comparison.json").write_text(render(collection, fmt="json") + "\n")
+    plot_collection(collection, out_dir / "comparison.png")
+    print(table)
+    print(f"\nwrote {out_dir / 'comparison.md'}, {out_dir / 'comparison.json'} and {out_dir / 'comparison.png'} "
+          f"in {time.perf_counter() - started:.0f} s", flush=True)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo())
