@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from mtv_eval.tiny import ARCHES
 from collections.abc import Sequence
 
 # Optional subcommand groups contributed by other modules: each exposes register(subparsers).
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     tiny = sub.add_parser("tiny", help="build a tiny random-weight checkpoint for offline smoke tests")
-    tiny.add_argument("--arch", required=True, choices=["idefics2", "qwen2_vl", "llava", "gpt2"])
+    tiny.add_argument("--arch", required=True, choices=list(ARCHES))
     tiny.add_argument("--out", required=True, help="folder to write the checkpoint to")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny)

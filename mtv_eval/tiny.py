@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-ARCHES = ("idefics2", "qwen2_vl", "llava", "gpt2")
+ARCHES = ("idefics2", "idefics3", "qwen2_vl", "qwen2_5_vl", "llava", "gpt2")
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -135,6 +135,74 @@ def _qwen2_vl(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
     return Qwen2VLForConditionalGeneration(config), processor
 
 
+def _idefics3(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
+    """Idefics3 (and SmolVLM, which shares its classes): pixel-shuffle connector, Llama text."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    scale_factor = 2
+    image_seq_len = (32 // 8) ** 2 // scale_factor**2
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(
+            do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+        ),
+        tokenizer=tokenizer,
+        image_seq_len=image_seq_len,
+    )
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 32, "patch_size": 8,
+        },
+        text_config={
+            "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 2048, "pad_token_id": tokenizer.pad_token_id,
+        },
+        scale_factor=scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
+    return Idefics3ForConditionalGeneration(config), processor
+
+
+def _qwen2_5_vl(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    sizes = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 4, "patch_size": 14, "merge_size": 2,
+             "temporal_patch_size": 2}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**sizes), tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**sizes),
+    )
+    convert = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        vision_config={
+            "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "out_hidden_size": 64,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        image_token_id=convert("<|image_pad|>"),
+        video_token_id=convert("<|video_pad|>"),
+        vision_start_token_id=convert("<|vision_start|>"),
+        vision_end_token_id=convert("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    return Qwen2_5_VLForConditionalGeneration(config), processor
+
+
 def _llava(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -178,7 +246,9 @@ def _gpt2(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
 
 BUILDERS: dict[str, Callable[[Path, PreTrainedTokenizerFast], tuple[Any, Any]]] = {
     "idefics2": _idefics2,
+    "idefics3": _idefics3,
     "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_5_vl,
     "llava": _llava,
     "gpt2": _gpt2,
 }

@@ -21,7 +21,9 @@ from tiny_models import ARCHES, pool, tiny_adapter
 # (24) differs from hidden/heads (16) and idefics2/qwen2_vl/llava use GQA (2 kv heads).
 EXPECTED = {
     "idefics2": ("model.text_model.layers.", 3, 4, 16),
+    "idefics3": ("model.text_model.layers.", 3, 4, 16),
     "qwen2_vl": ("model.language_model.layers.", 3, 4, 16),
+    "qwen2_5_vl": ("model.language_model.layers.", 3, 4, 16),
     "llava": ("model.language_model.layers.", 3, 4, 24),
     "gpt2": ("transformer.h.", 3, 4, 16),
 }
