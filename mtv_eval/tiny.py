@@ -101,38 +101,49 @@ def _idefics2(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
     return Idefics2ForConditionalGeneration(config), processor
 
 
-def _qwen2_vl(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+_QWEN_SIZES = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 4, "patch_size": 14, "merge_size": 2,
+               "temporal_patch_size": 2}
 
-    image_processor = Qwen2VLImageProcessor(
-        min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 4, patch_size=14, merge_size=2, temporal_patch_size=2
-    )
-    from transformers import Qwen2VLVideoProcessor
 
-    video_processor = Qwen2VLVideoProcessor(
-        min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 4, patch_size=14, merge_size=2, temporal_patch_size=2
-    )
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
+def _qwen_parts(tokenizer: PreTrainedTokenizerFast) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What Qwen2-VL and Qwen2.5-VL tiny builds share: processor parts and the text/ids config."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    processors = {
+        "image_processor": Qwen2VLImageProcessor(**_QWEN_SIZES),
+        "video_processor": Qwen2VLVideoProcessor(**_QWEN_SIZES),
+        "tokenizer": tokenizer,
+    }
     convert = tokenizer.convert_tokens_to_ids
-    config = Qwen2VLConfig(
-        vision_config={
-            "depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3,
-        },
-        text_config={
+    config = {
+        "text_config": {
             "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
             "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
             "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },
-        image_token_id=convert("<|image_pad|>"),
-        video_token_id=convert("<|video_pad|>"),
-        vision_start_token_id=convert("<|vision_start|>"),
-        vision_end_token_id=convert("<|vision_end|>"),
-        tie_word_embeddings=False,
+        "image_token_id": convert("<|image_pad|>"),
+        "video_token_id": convert("<|video_pad|>"),
+        "vision_start_token_id": convert("<|vision_start|>"),
+        "vision_end_token_id": convert("<|vision_end|>"),
+        "tie_word_embeddings": False,
+    }
+    return processors, config
+
+
+def _qwen2_vl(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    processors, shared = _qwen_parts(tokenizer)
+    config = Qwen2VLConfig(
+        vision_config={
+            "depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3,
+        },
+        **shared,
     )
-    return Qwen2VLForConditionalGeneration(config), processor
+    return Qwen2VLForConditionalGeneration(config), Qwen2VLProcessor(**processors)
 
 
 def _idefics3(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
@@ -166,41 +177,18 @@ def _idefics3(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
 
 
 def _qwen2_5_vl(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
-    sizes = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 4, "patch_size": 14, "merge_size": 2,
-             "temporal_patch_size": 2}
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**sizes), tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(**sizes),
-    )
-    convert = tokenizer.convert_tokens_to_ids
+    processors, shared = _qwen_parts(tokenizer)
     config = Qwen2_5_VLConfig(
         vision_config={
             "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "out_hidden_size": 64,
             "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
             "fullatt_block_indexes": [1],
         },
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
-        image_token_id=convert("<|image_pad|>"),
-        video_token_id=convert("<|video_pad|>"),
-        vision_start_token_id=convert("<|vision_start|>"),
-        vision_end_token_id=convert("<|vision_end|>"),
-        tie_word_embeddings=False,
+        **shared,
     )
-    return Qwen2_5_VLForConditionalGeneration(config), processor
+    return Qwen2_5_VLForConditionalGeneration(config), Qwen2_5_VLProcessor(**processors)
 
 
 def _llava(out: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:

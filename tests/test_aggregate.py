@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import fixtures_data
 from mtv_eval.aggregate import collect, main_metric, render
 from mtv_eval.cli import main
 from mtv_eval.paper import paper_figure
@@ -33,12 +32,8 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, generated_data: Path) -> Path:
     """One sweep: 2 tasks x (zero, icl-2, mtv-2x4) plus mtv-50x4, which cannot fit the pool."""
-    root = fixtures_data.write_all(tmp_path_factory.mktemp("data"))
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MTV_DATA_DIR", str(root))
-    patch.setenv("MTV_EVAL_BUDGETS", BUDGETS)
     out = tmp_path_factory.mktemp("sweep") / "run"
     code, stdout, _ = _run(
         [
@@ -59,7 +54,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(out),
         ]
     )
-    patch.undo()
     # the failed cells make the exit code non-zero and are named
     assert code == 1, stdout
     assert "6 done, 0 skipped, 2 failed" in stdout

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import fixtures_data
 from mtv_eval.cli import main
 from mtv_eval.sweep import SweepError, plan_cells, run_sweep
 from tiny_models import tiny_path
@@ -24,14 +23,7 @@ BUDGETS = "search_examples=4,icl_shots=0/2,mtv_shots=2,mtv_iterations=4"
 FAST = "search_steps=3,search_samples=4,search_examples=4"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def generated_data(tmp_path_factory: pytest.TempPathFactory):
-    root = fixtures_data.write_all(tmp_path_factory.mktemp("data"))
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MTV_DATA_DIR", str(root))
-    patch.setenv("MTV_EVAL_BUDGETS", BUDGETS)
-    yield root
-    patch.undo()
+pytestmark = pytest.mark.usefixtures("generated_data")
 
 
 def _sweep_argv(out: Path) -> list[str]:

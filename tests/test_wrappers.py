@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import fixtures_data
 from mtv_eval.artifact import ArtifactError
 from mtv_eval.run import run_evaluation
 from tiny_models import tiny_path
@@ -19,14 +18,7 @@ FAST_MTV = "mtv_shots=2,mtv_iterations=4,search_steps=3,search_samples=4,search_
 WRAPPERS = [("hf_mtv", "llava"), ("idefics2_mtv", "idefics2"), ("qwen2_vl_mtv", "qwen2_vl"), ("vila_mtv", "vila")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def generated_data(tmp_path_factory: pytest.TempPathFactory):
-    root = fixtures_data.write_all(tmp_path_factory.mktemp("data"))
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MTV_DATA_DIR", str(root))
-    patch.setenv("MTV_EVAL_BUDGETS", BUDGETS)
-    yield root
-    patch.undo()
+pytestmark = pytest.mark.usefixtures("generated_data")
 
 
 def _lines(path: Path) -> list[dict]:
