@@ -150,3 +150,23 @@ def test_vqa_dataset_schema(tmp_path) -> None:
     assert len(row["answers"]) == 10 and row["answers"][0] == row["true_answer"]
     assert row["image"].size == (world.IMAGE_SIZE, world.IMAGE_SIZE)
     assert not {r for r in dd["train"]["question_id"]} & {r for r in dd["val"]["question_id"]}
+
+
+def test_training_is_reproducible_from_its_seed(tmp_path) -> None:
+    """Same seed, same weights: the script reproduces a checkpoint (CPU, a few steps)."""
+    from safetensors.torch import load_file
+
+    from mtv_eval.toy.train import TrainConfig, train
+
+    weights = []
+    for run in ("a", "b", "c"):
+        seed = 1 if run == "c" else 0
+        cfg = TrainConfig(out=str(tmp_path / run), log_dir=str(tmp_path / f"log-{run}"), seed=seed, steps=3,
+                          batch_size=8, train_pool=64, eval_every=1000, eval_n=8, model_size="small",
+                          device="cpu", bf16=False, warmup=1)
+        train(cfg)
+        weights.append(load_file(str(tmp_path / run / "model.safetensors")))
+        assert (tmp_path / f"log-{run}" / "config.json").is_file()
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

@@ -199,3 +199,16 @@ def test_qwen_vl_prompts_number_pictures_and_locate_gpt_style_heads() -> None:
     assert "Picture 1: <img>" in text and "Picture 2: <img>" in text and text.count("</img>") == 2
     paths = [part.split("</img>")[0] for part in text.split("<img>")[1:]]
     assert all(Path(p).is_file() for p in paths)
+
+
+def test_several_tasks_in_one_run_each_get_their_own_mtv(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    args = f"pretrained={tiny_path('llava')},mode=mtv,{FAST_MTV},mtv_cache={tmp_path / 'cache'},log_dir={log_dir}"
+    results, _ = run_evaluation("hf_mtv", args, [TASK, "ok_vqa_mtv"], tmp_path / "o", limit=2)
+    assert {TASK, "ok_vqa_mtv"} <= set(results["results"])
+    records = {task: json.loads((log_dir / f"mtv_{task}.json").read_text()) for task in (TASK, "ok_vqa_mtv")}
+    assert records[TASK]["cache_key"] != records["ok_vqa_mtv"]["cache_key"]
+    assert all(r["source"] == "built" for r in records.values())
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    for task in (TASK, "ok_vqa_mtv"):
+        assert len(_lines(log_dir / f"accounting_{task}.jsonl")) == 2
