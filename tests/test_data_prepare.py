@@ -119,3 +119,13 @@ def test_tasks_path_command(capsys):
     assert _run(["tasks-path"]) == 0
     printed = Path(capsys.readouterr().out.strip())
     assert (printed / "mtv_paper" / "vizwiz_vqa_mtv.yaml").is_file()
+
+
+def test_prepare_names_unreadable_images(tmp_path, capsys):
+    _vizwiz(tmp_path / "src")
+    broken = tmp_path / "src" / "train" / "VizWiz_train_00000003.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    assert _run(["data", "prepare", "vizwiz", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "1 image file(s) cannot be read" in err and str(broken) in err and "re-download" in err
+    assert not (tmp_path / "o").exists(), "nothing is written when an image is unreadable"

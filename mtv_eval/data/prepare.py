@@ -121,6 +121,32 @@ def prepare_cub(src: Path) -> datasets.DatasetDict:
 PREPARERS = {"vizwiz": prepare_vizwiz, "okvqa": prepare_okvqa, "flowers": prepare_flowers, "cub": prepare_cub}
 
 
+class UnreadableImageError(ValueError):
+    """Image files of a download cannot be decoded."""
+
+
+def check_images(dd: datasets.DatasetDict, dataset: str) -> None:
+    """Decode every image once, so a corrupt file stops `prepare` with its name instead of
+    failing later, deep inside an evaluation, when lmms-eval first touches that row."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad: list[str] = []
+    for split in dd:
+        for path in dd[split].cast_column("image", datasets.Image(decode=False))["image"]:
+            location = path.get("path") or "<embedded bytes>"
+            try:
+                with Image.open(location) as image:
+                    image.verify()
+            except (OSError, UnidentifiedImageError, SyntaxError):
+                bad.append(location)
+    if bad:
+        shown = "\n  ".join(bad[:5])
+        raise UnreadableImageError(
+            f"{dataset}: {len(bad)} image file(s) cannot be read, e.g.\n  {shown}\n"
+            "re-download them (or delete them and their annotation rows) and run `mtv-eval data prepare` again"
+        )
+
+
 def prepare(dataset: str, src: str | Path, out: str | Path) -> datasets.DatasetDict:
     """Convert the official download of `dataset` at `src` and save it to `out`."""
     if dataset not in PREPARERS:
@@ -129,5 +155,6 @@ def prepare(dataset: str, src: str | Path, out: str | Path) -> datasets.DatasetD
     if not src.is_dir():
         raise FileNotFoundError(f"--src {src} is not a folder")
     dd = PREPARERS[dataset](src)
+    check_images(dd, dataset)
     dd.save_to_disk(str(Path(out).expanduser()))
     return dd
