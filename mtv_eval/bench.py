@@ -59,14 +59,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per call of each variant, run A B A B ... after one warm-up each."""
+def time_interleaved(
+    variants: dict[str, Callable[[], Any]], repeats: int, device: torch.device, collect_garbage: bool = False
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant, run A B A B ... after one warm-up each.
+
+    `collect_garbage` runs the garbage collector before each timed call, so one variant's
+    garbage is not collected inside the next one's timing (inference, where variants
+    allocate differently). Head-search steps are timed without it: a real search runs its
+    steps back to back, and on the CPU a collection before a 1 ms step makes it twice as
+    slow (memory handed back and allocated again), which no search would see.
+    """
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            gc.collect()  # no garbage of the previous variant collected inside this one's timing
+            if collect_garbage:
+                gc.collect()
             _sync(device)
             start = time.perf_counter()
             fn()
@@ -471,7 +481,8 @@ def run_inference(
         if ctx.device.type == "cuda":
             peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(ctx.device) / 2**30)
 
-    times = time_interleaved({name: (lambda n=name: call(n)) for name in modes}, repeats, ctx.device)
+    times = time_interleaved({name: (lambda n=name: call(n)) for name in modes}, repeats, ctx.device,
+                             collect_garbage=True)
     per_sample = {name: summarise([t / samples for t in ts]) for name, ts in times.items()}
     zero = per_sample["zero_shot"]["median_s"]
     result: dict[str, Any] = {
