@@ -19,7 +19,7 @@ from typing import Any
 from mtv_eval.artifact import MTV, ArtifactError
 from mtv_eval.config import MTVConfig
 from mtv_eval.examples import Example
-from mtv_eval.method import build_mtv, model_identity
+from mtv_eval.method import build_mtv
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ def get_or_build(
             raise ArtifactError(
                 f"cached MTV {path} does not carry the key {key.digest()} it is filed under; delete it and rebuild"
             )
-        name, _ = model_identity(adapter.model)
         mtv.check_compatible(key.model_name, adapter.sites.shape)
         log(f"MTV for {key.task}: loaded from cache {path}.json ({mtv.num_heads_selected} heads)")
         return mtv, "cache", path
