@@ -89,6 +89,38 @@ def summarise(times: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
 
 
+def compare_search_modes(
+    adapter: ProcessorAdapter, means: torch.Tensor, pool: list[Example], samples: int, repeats: int,
+    device: torch.device, seed: int,
+) -> tuple[dict[str, Any], dict[str, MaskScorer], torch.Tensor]:
+    """Score the same `samples` masks on pool[0] in the three modes, check they agree, time them.
+
+    Returns the common figures (losses' agreement, interleaved timings, speed-ups), the
+    scorers and the masks, for callers that add their own figures.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.rand(samples, adapter.sites.num_layers, adapter.sites.num_heads, generator=generator) < 0.27
+    scorers = {
+        "exact": MaskScorer(adapter, means, pool, mode="exact"),
+        "fast_prefix_per_step": MaskScorer(adapter, means, pool, mode="fast", cache_prefixes=False),
+        "fast_prefix_cached": MaskScorer(adapter, means, pool, mode="fast", cache_prefixes=True),
+    }
+    losses = {name: scorer.losses(0, masks) for name, scorer in scorers.items()}
+    times = time_interleaved({n: (lambda s=s: s.losses(0, masks)) for n, s in scorers.items()}, repeats, device)
+    stats = {name: summarise(t) for name, t in times.items()}
+    exact = stats["exact"]["median_s"]
+    figures = {
+        "samples": samples,
+        "heads": list(adapter.sites.shape[:2]),
+        "max_loss_difference": max(float((losses[n] - losses["exact"]).abs().max()) for n in losses),
+        "loss_scale": float(losses["exact"].abs().mean()),
+        "timings": stats,
+        "speedup_prefix_per_step": exact / stats["fast_prefix_per_step"]["median_s"],
+        "speedup": exact / stats["fast_prefix_cached"]["median_s"],
+    }
+    return figures, scorers, masks
+
+
 def bench_search(
     arch: str = "idefics2",
     device: str = "cpu",
@@ -119,30 +151,14 @@ def bench_search(
     adapter = ProcessorAdapter(model, processor)
     pool = synthetic_pool(8, with_images=adapter.sites.model_type != "gpt2", seed=seed)
     means = mean_activations(adapter, pool, ExtractConfig(shots=2, iterations=4, batch_size=4), progress=False)
-    generator = torch.Generator().manual_seed(seed)
-    masks = torch.rand(samples, adapter.sites.num_layers, adapter.sites.num_heads, generator=generator) < 0.27
-    scorers = {
-        "exact": MaskScorer(adapter, means, pool, mode="exact"),
-        "fast_prefix_per_step": MaskScorer(adapter, means, pool, mode="fast", cache_prefixes=False),
-        "fast_prefix_cached": MaskScorer(adapter, means, pool, mode="fast", cache_prefixes=True),
-    }
-    losses = {name: scorer.losses(0, masks) for name, scorer in scorers.items()}
-    max_diff = max(float((losses[n] - losses["exact"]).abs().max()) for n in losses)
-    times = time_interleaved({n: (lambda s=s: s.losses(0, masks)) for n, s in scorers.items()}, repeats, torch_device)
-    stats = {name: summarise(t) for name, t in times.items()}
-    exact = stats["exact"]["median_s"]
+    figures, _, _ = compare_search_modes(adapter, means, pool, samples, repeats, torch_device, seed)
     result = {
         "benchmark": "search_step",
         "arch": adapter.sites.model_type,
         "device": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu",
         "dtype": dtype,
-        "samples": samples,
         "prompt_tokens": int(adapter.encode([[]], [pool[0]]).inputs["input_ids"].shape[-1]),
-        "heads": list(adapter.sites.shape[:2]),
-        "max_loss_difference": max_diff,
-        "timings": stats,
-        "speedup_prefix_per_step": exact / stats["fast_prefix_per_step"]["median_s"],
-        "speedup": exact / stats["fast_prefix_cached"]["median_s"],
+        **figures,
         "torch": torch.__version__,
     }
     if out:
@@ -269,31 +285,13 @@ def run_search(ctx: BenchContext, samples: int = 32, repeats: int = 3, seed: int
     """Seconds per REINFORCE step: exact (public code: 32 full prompts at batch 1) vs ours."""
     adapter = ctx.adapter
     means = torch.randn(adapter.sites.shape, generator=torch.Generator().manual_seed(seed)).to(ctx.device) * 0.05
-    generator = torch.Generator().manual_seed(seed)
-    masks = torch.rand(samples, adapter.sites.num_layers, adapter.sites.num_heads, generator=generator) < 0.27
-    pool = ctx.pool[:2]
-    scorers = {
-        "exact": MaskScorer(adapter, means, pool, mode="exact"),
-        "fast_prefix_per_step": MaskScorer(adapter, means, pool, mode="fast", cache_prefixes=False),
-        "fast_prefix_cached": MaskScorer(adapter, means, pool, mode="fast", cache_prefixes=True),
-    }
-    losses = {name: scorer.losses(0, masks) for name, scorer in scorers.items()}
-    max_diff = max(float((losses[n] - losses["exact"]).abs().max()) for n in losses)
-    times = time_interleaved({n: (lambda s=s: s.losses(0, masks)) for n, s in scorers.items()}, repeats, ctx.device)
-    stats = {name: summarise(t) for name, t in times.items()}
-    exact = stats["exact"]["median_s"]
+    figures, scorers, masks = compare_search_modes(adapter, means, ctx.pool[:2], samples, repeats, ctx.device, seed)
     prefix = scorers["fast_prefix_cached"]._prefixes.get(0)
     result = {
-        "samples": samples,
         "prompt_tokens": _prompt_tokens(ctx, 0),
-        "heads": list(adapter.sites.shape[:2]),
-        "max_loss_difference": max_diff,
-        "loss_scale": float(losses["exact"].abs().mean()),
-        "timings": stats,
-        "speedup_prefix_per_step": exact / stats["fast_prefix_per_step"]["median_s"],
-        "speedup": exact / stats["fast_prefix_cached"]["median_s"],
+        **figures,
         "prefix_cache_mb_per_example": (prefix.nbytes / 2**20) if prefix is not None else None,
-        "seconds_600_steps": {name: 600 * s["median_s"] for name, s in stats.items()},
+        "seconds_600_steps": {name: 600 * s["median_s"] for name, s in figures["timings"].items()},
     }
     if profile:
         result["profile_fast_prefix_cached"] = profile_call(lambda: scorers["fast_prefix_cached"].losses(0, masks), ctx.device)
