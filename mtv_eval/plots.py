@@ -44,6 +44,13 @@ def _limit_in_shots(icl: list[CellResult], limit: int) -> float | None:
     return shots if shots > 0 else None
 
 
+def _line(axis: Any, cells: list[CellResult], x: str, style: str, color: Any, label: str, **kwargs: Any) -> None:
+    """One method's line: accuracy (%) of `cells` against their attribute `x`; nothing if empty."""
+    if cells:
+        axis.plot([getattr(c, x) for c in cells], [100 * c.accuracy for c in cells], style, color=color,
+                  label=label, **kwargs)
+
+
 def plot_collection(
     collection: Collection, path: str | Path, limits: Sequence[int] = ()
 ) -> dict[str, Any]:
@@ -77,23 +84,8 @@ def plot_collection(
             icl_shots = [c for c in icl if c.method != "zero" and c.examples_seen]
             mtv = [c for c in done if is_mtv(c.method) and c.examples_seen]
             zero = next((c for c in done if c.method == "zero"), None)
-            if icl_shots:
-                left.plot(
-                    [c.examples_seen for c in icl_shots],
-                    [100 * c.accuracy for c in icl_shots],
-                    "o-",
-                    color=color,
-                    label=f"{name} ICL",
-                )
-            if mtv:
-                left.plot(
-                    [c.examples_seen for c in mtv],
-                    [100 * c.accuracy for c in mtv],
-                    "s-",
-                    color=color,
-                    linewidth=2.5,
-                    label=f"{name} MTV",
-                )
+            _line(left, icl_shots, "examples_seen", "o-", color, f"{name} ICL")
+            _line(left, mtv, "examples_seen", "s-", color, f"{name} MTV", linewidth=2.5)
             if zero is not None:
                 left.axhline(
                     100 * zero.accuracy,
@@ -104,14 +96,7 @@ def plot_collection(
                 )
             for kind, select in (("ICL", is_icl), ("MTV", is_mtv)):
                 ref = [c for c in paper if select(c.method) and c.examples_seen]
-                if ref:
-                    left.plot(
-                        [c.examples_seen for c in ref],
-                        [100 * c.accuracy for c in ref],
-                        "x:",
-                        color=color,
-                        label=f"{name} {kind} (paper)",
-                    )
+                _line(left, ref, "examples_seen", "x:", color, f"{name} {kind} (paper)")
             own = {c.max_context for c in done if c.max_context}
             task_limits |= own
             for limit in sorted(own | set(limits)):
@@ -125,23 +110,8 @@ def plot_collection(
                     )
             icl_tok = [c for c in icl if c.prompt_tokens is not None]
             mtv_tok = [c for c in done if is_mtv(c.method) and c.prompt_tokens is not None]
-            if icl_tok:
-                right.plot(
-                    [c.prompt_tokens for c in icl_tok],
-                    [100 * c.accuracy for c in icl_tok],
-                    "o-",
-                    color=color,
-                    label=f"{name} ICL",
-                )
-            if mtv_tok:
-                right.plot(
-                    [c.prompt_tokens for c in mtv_tok],
-                    [100 * c.accuracy for c in mtv_tok],
-                    "s-",
-                    color=color,
-                    linewidth=2.5,
-                    label=f"{name} MTV",
-                )
+            _line(right, icl_tok, "prompt_tokens", "o-", color, f"{name} ICL")
+            _line(right, mtv_tok, "prompt_tokens", "s-", color, f"{name} MTV", linewidth=2.5)
         for limit in sorted(task_limits):
             right.axvline(limit, color="grey", linestyle=":", label=f"context limit {limit:,} tok")
         left.set_xscale("log")
