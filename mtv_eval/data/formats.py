@@ -51,22 +51,25 @@ def _rgb(image: Any, what: str) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def vqa_doc_example(doc: Mapping[str, Any], dataset: str, suffix: str | None = None) -> Example:
+    """A VQA row (question_id, image, question, answers) as an Example; `suffix`, if any,
+    goes on its own line after the question."""
+    question = str(doc["question"]).strip()
+    text = f"{question}\n{suffix}" if suffix else question
+    uid = str(doc["question_id"])
+    return vqa_example(_rgb(doc["image"], f"{dataset} image {uid}"), text, list(doc["answers"]), uid=uid)
+
+
 @register_format("vizwiz_vqa")
 def vizwiz_vqa(doc: Mapping[str, Any]) -> Example:
     """VizWiz: the question, then the paper's instruction about unanswerable questions."""
-    question = str(doc["question"]).strip()
-    text = f"{question}\n{VIZWIZ_INSTRUCTION}"
-    uid = str(doc["question_id"])
-    return vqa_example(_rgb(doc["image"], f"VizWiz image {uid}"), text, list(doc["answers"]), uid=uid)
+    return vqa_doc_example(doc, "VizWiz", VIZWIZ_INSTRUCTION)
 
 
 @register_format("ok_vqa")
 def ok_vqa(doc: Mapping[str, Any]) -> Example:
     """OK-VQA: the question followed by `Answer:` on its own line."""
-    question = str(doc["question"]).strip()
-    text = f"{question}\n{OKVQA_SUFFIX}"
-    uid = str(doc["question_id"])
-    return vqa_example(_rgb(doc["image"], f"OK-VQA image {uid}"), text, list(doc["answers"]), uid=uid)
+    return vqa_doc_example(doc, "OK-VQA", OKVQA_SUFFIX)
 
 
 def choice_question(noun: str, options: list[str]) -> str:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtv_eval.data.formats import text_of, visuals_of
+from mtv_eval.data.formats import text_of, vqa_doc_example, visuals_of
 from mtv_eval.data.lmms_task import MTVTask
 from mtv_eval.data.metrics import process_vqa_results
-from mtv_eval.examples import vqa_example
 from mtv_eval.taskspec import check_budgets, spec_for_task
 
 
 def toy_example(doc: dict[str, Any]):
     """The one format of a toy row: (image, question) and its answer."""
-    return vqa_example(doc["image"].convert("RGB"), str(doc["question"]), list(doc["answers"]), uid=str(doc["question_id"]))
+    return vqa_doc_example(doc, "toy")
 
 
 def toy_doc_to_visual(doc):
