@@ -256,8 +256,13 @@ def apply_overrides(spec: TaskSpec, overrides: str | Mapping[str, Any] | None) -
     return replace(spec, **parse_budget_overrides(overrides))
 
 
+@functools.lru_cache(maxsize=64)
 def resolve_format(reference: str, yaml_dir: str | Path | None = None) -> Format:
-    """A format function from a registered name, `pkg.module:fn`, or `utils:fn` beside the YAML."""
+    """A format function from a registered name, `pkg.module:fn`, or `utils:fn` beside the YAML.
+
+    Cached: the wrappers format every query through it, and a `utils:fn` reference would
+    otherwise execute the YAML's utils.py again for each one.
+    """
     if reference in FORMATS:
         return FORMATS[reference]
     if ":" not in reference:
