@@ -19,13 +19,6 @@ from mtv_eval.data.sources import TaskDataError, load_task_data
 from mtv_eval.taskspec import BUDGET_ENV, check_budgets, parse_budget_overrides, spec_for_task
 
 
-def _has_image(feature: Any) -> bool:
-    if isinstance(feature, datasets.Image):
-        return True
-    inner = getattr(feature, "feature", None)
-    return inner is not None and _has_image(inner)
-
-
 class MTVTask(ConfigurableTask):
     """ConfigurableTask whose data comes from `load_task_data` (see module docstring)."""
 
@@ -46,7 +39,7 @@ class MTVTask(ConfigurableTask):
         task = str(cfg.task)
         if not cfg.test_split or not cfg.training_split:
             raise TaskDataError(f"task {task}: the YAML must set test_split (eval) and training_split (support)")
-        self.dataset = load_task_data(task, cfg.metadata["data"], cfg.test_split, cfg.training_split)
+        self.dataset = self.load_data()
         check_budgets(spec_for_task(self), len(self.dataset[cfg.training_split]))
         if cfg.process_docs is not None:
             for split in list(self.dataset):
@@ -55,3 +48,9 @@ class MTVTask(ConfigurableTask):
         # derived from the one example format, which reads the images (an episode's text
         # depends on its rows, and the format validates them), so the images must stay.
         self.dataset_no_image = self.dataset
+
+    def load_data(self) -> datasets.DatasetDict:
+        """The task's splits, from `metadata.data` (local copy or hub); subclasses that
+        generate their data (the toy tasks) override only this."""
+        cfg = self.config
+        return load_task_data(str(cfg.task), cfg.metadata["data"], cfg.test_split, cfg.training_split)

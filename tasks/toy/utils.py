@@ -13,7 +13,6 @@ from typing import Any
 from mtv_eval.data.formats import text_of, vqa_doc_example, visuals_of
 from mtv_eval.data.lmms_task import MTVTask
 from mtv_eval.data.metrics import process_vqa_results
-from mtv_eval.taskspec import check_budgets, spec_for_task
 
 
 def toy_example(doc: dict[str, Any]):
@@ -36,17 +35,14 @@ def toy_doc_to_target(doc):
 class ToyTask(MTVTask):
     """An MTVTask whose data is the toy world, generated deterministically in memory."""
 
-    def download(self, dataset_kwargs: dict | None = None) -> None:
+    def load_data(self):
         from mtv_eval.toy import world
 
-        cfg = self.config
-        data = cfg.metadata["data"]
-        self.dataset = world.vqa_dataset(
+        data = self.config.metadata["data"]
+        return world.vqa_dataset(
             data["world_task"], support_size=int(data["support_size"]), eval_size=int(data["eval_size"]),
             noise=float(data["noise"]), seed=int(data.get("seed", 0)),
         )
-        check_budgets(spec_for_task(self), len(self.dataset[cfg.training_split]))
-        self.dataset_no_image = self.dataset
 
 
 __all__ = ["ToyTask", "process_vqa_results", "toy_doc_to_target", "toy_doc_to_text", "toy_doc_to_visual", "toy_example"]
