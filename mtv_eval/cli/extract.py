@@ -11,15 +11,15 @@ import argparse
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from lmms_eval.models import get_model
-    from lmms_eval.tasks import TaskManager, get_task_dict
+    from lmms_eval.tasks import get_task_dict
 
-    from mtv_eval.data.taskspec import tasks_path
+    from mtv_eval.harness.evaluate import task_manager
     from mtv_eval.harness.settings import parse_model_args
 
     model_args = parse_model_args(args.model_args)
     model_args["mode"] = args.method
     lm = get_model(args.model)(**model_args)
-    manager = TaskManager(include_path=str(tasks_path()))
+    manager = task_manager()
     for task in args.tasks.split(","):
         task_dict = get_task_dict([task], manager)
         if task not in task_dict:
