@@ -284,3 +284,27 @@ def test_a_wrong_position_rule_is_caught_naming_the_architecture(monkeypatch: py
         match=r"differs from the model's own forward on Qwen3VLForConditionalGeneration.*: 0\.0\d+ > tolerance 1e-04",
     ):
         ensure_fidelity(adapter, pool("qwen3_vl"))
+
+
+def test_fidelity_tolerance_widens_only_where_tf32_may_round() -> None:
+    """float32 on a GPU whose convolutions or matmuls may run in TF32 gets the TF32 bound; CPU keeps 1e-4."""
+    from mtv_eval.engine.fidelity import TF32_TOLERANCE, TOLERANCES, tolerance_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    saved = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        assert tolerance_for(torch.float32, cuda) == TOLERANCES[torch.float32] == 1e-4
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+        assert tolerance_for(torch.float32, cuda) == TF32_TOLERANCE
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("high")
+        assert tolerance_for(torch.float32, cuda) == TF32_TOLERANCE
+        assert tolerance_for(torch.float32, cpu) == 1e-4  # CPUs never compute float32 in TF32
+        assert tolerance_for(torch.bfloat16, cuda) == TOLERANCES[torch.bfloat16]
+        # still far below what a wrong position or mask does (0.09 on a tiny Qwen3-VL)
+        assert TF32_TOLERANCE < 0.09 / 10
+    finally:
+        torch.backends.cudnn.allow_tf32, precision = saved
+        torch.set_float32_matmul_precision(precision)

@@ -24,7 +24,11 @@ absolute reference logit), so it reads as an absolute error for small logits and
 relative one for large. Tolerances by dtype (`TOLERANCES`): float32 1e-4, where the only
 differences are summation order (measured: under 1e-6 on the tiny architectures);
 bfloat16 0.05 and float16 0.01, bounds for rounding noise through a few dozen layers with 8
-and 11 mantissa bits. A wrong position or mask moves logits by a large fraction of their
+and 11 mantissa bits. float32 on a GPU that may compute in TF32 (cuDNN convolutions do by
+default, matmuls when `torch.set_float32_matmul_precision` allows it) gets `TF32_TOLERANCE`:
+TF32 rounds inputs to 10 mantissa bits and a batch of another size may pick another kernel
+(measured on an H100: the toy LMM's left-padded batch differed by 1.3e-4 to 4.3e-4 through
+its TF32 patch convolution, its batch-1 forwards by under 5e-7). A wrong position or mask moves logits by a large fraction of their
 range (0.09 absolute on a tiny Qwen3-VL whose logits are below 1), far beyond them.
 """
 
@@ -43,6 +47,16 @@ from mtv_eval.engine.forward import compute_prefix, forward_last_from_prefix, fo
 from mtv_eval.engine.intervene import Intervention
 
 TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+TF32_TOLERANCE = 5e-3
+
+
+def tolerance_for(dtype: torch.dtype, device: torch.device) -> float:
+    """The fidelity tolerance of a model of `dtype` on `device` (see the module docstring)."""
+    if dtype == torch.float32 and device.type == "cuda":
+        tf32 = torch.backends.cudnn.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+        if tf32:
+            return TF32_TOLERANCE
+    return TOLERANCES.get(dtype, 1e-2)
 
 
 class FidelityError(RuntimeError):
@@ -141,7 +155,7 @@ def check_fidelity(adapter: Any, examples: Sequence[Example]) -> FidelityReport:
     return FidelityReport(
         architecture=f"{type(model).__name__} (model_type={adapter.model_type})",
         dtype=str(dtype).replace("torch.", ""),
-        tolerance=TOLERANCES.get(dtype, 1e-2),
+        tolerance=tolerance_for(dtype, next(model.parameters()).device),
         full=full,
         padded=padded,
         fast=fast,
