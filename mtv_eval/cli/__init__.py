@@ -13,6 +13,7 @@ from mtv_eval.progress import configure_output
 # Before anything imports tqdm or transformers: tqdm reads its TQDM_* defaults at import.
 configure_output()
 
+from mtv_eval.cli.sweep import add_jobs_option  # noqa: E402
 from mtv_eval.tiny import ALL_ARCHES  # noqa: E402
 
 # Optional subcommand groups contributed by other modules: each exposes register(subparsers).
@@ -52,7 +53,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
-    return run_demo(out=args.out, limit=args.limit, seed=args.seed, methods=methods, seeds=seeds)
+    return run_demo(out=args.out, limit=args.limit, seed=args.seed, methods=methods, seeds=seeds, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--methods", default="mtv", help="activation methods per budget: mtv,random,all,fv (default mtv)")
     demo.add_argument("--seeds", default="", help="build every activation cell once per seed, e.g. 0,1,2")
+    add_jobs_option(demo, None, "2, or 1 on a one-core machine")
     demo.set_defaults(func=_cmd_demo)
 
     tiny = sub.add_parser("tiny", help="build a tiny random-weight checkpoint for offline smoke tests")

@@ -18,7 +18,8 @@ Cells: zero, icl-K for each K > 0 of the task's icl_shots budget, then for each 
 (the task's, or each of --mtv-budgets) one cell per activation method of --methods (mtv,
 mtv-SxI; random-SxI, all-SxI, fv-SxI), each once per seed of --seeds (<method>@seed<k>).
 Rerun the same command to resume: finished cells are skipped, an interrupted one is
-redone, failed ones are retried. Exit 1 when any cell failed."""
+redone, failed ones are retried. Exit 1 when any cell failed. With --jobs N, N cells
+run at once in worker processes (same results as --jobs 1; on a GPU box, N = GPUs)."""
 
 COMPARE_EPILOG = """examples:
   mtv-eval compare results/idefics2 results/qwen2vl --paper
@@ -39,6 +40,32 @@ CHECK_EPILOG = """examples:
 Exit 1 when a baseline cell is missing or failed, or when a method dropped by more than
 --tolerance (accuracy points, or standard errors of the paired difference with the `se`
 suffix) AND the paired 95% interval of the drop excludes 0."""
+
+
+def jobs_count(text: str) -> int:
+    """The argparse type of `--jobs`: a whole number of worker processes, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number of worker processes; give a whole number >= 1 (1 = every cell in this process)"
+        )
+    return value
+
+
+def add_jobs_option(parser: argparse.ArgumentParser, default: int | None, default_text: str) -> None:
+    """`--jobs` of `sweep` and `demo`: one help text for the one option."""
+    parser.add_argument(
+        "--jobs",
+        type=jobs_count,
+        default=default,
+        metavar="N",
+        help="evaluate N cells at once, in N worker processes. Helps when one cell cannot use the whole machine: "
+        "several CPU cores with a small model (each worker gets cores/N threads), or one cell per GPU "
+        f"(worker k sees only GPU k mod the number of GPUs, so give N = number of GPUs). Default: {default_text}",
+    )
 
 
 def _limits(text: str | None) -> list[int]:
@@ -80,6 +107,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             include_path=args.include_path or None,
             methods=methods,
             seeds=seeds,
+            jobs=args.jobs,
         )
     except KeyboardInterrupt:
         print(
@@ -176,6 +204,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="",
         help="build every activation cell once per seed, e.g. 0,1,2 (reports give mean ± sd over seeds)",
     )
+    add_jobs_option(sweep, 1, "1 (every cell in this process)")
     sweep.set_defaults(func=cmd_sweep)
 
     compare = subparsers.add_parser(

@@ -16,10 +16,22 @@ folder `<task>/<method>@seed<k>` with `replicate_seed: k` in its cell.json; the 
 the mean and standard deviation over seeds. Zero-shot and ICL cells run once, with the
 sweep's `seed`.
 
-Every cell runs in this process through `mtv_eval.harness.evaluate.run_evaluation`, i.e. lmms-eval's
+Every cell runs through `mtv_eval.harness.evaluate.run_evaluation`, i.e. lmms-eval's
 own `simple_evaluate`, which loads the model afresh (lmms-eval's `lm.clean()` deletes the
 model after each evaluation). All MTV cells share one `mtv_cache` (`<out>/mtv_cache`
 unless model_args name one), so an artifact is built once.
+
+With `jobs=1` (the default) the cells run one after another in this process. With
+`jobs=N` they run in N spawned worker processes, taken in plan order; this process keeps
+the lock, the plan, `sweep.log` and the progress lines. Each worker gets
+`os.cpu_count() // N` torch threads (at most `$OMP_NUM_THREADS` when set), which helps
+when one cell cannot use every core (a small model on a CPU: two toy cells in two
+processes nearly double throughput on two cores). When CUDA GPUs are visible, worker k
+sees only GPU k % (number of GPUs) (`CUDA_VISIBLE_DEVICES`), so on a GPU box
+`jobs=<number of GPUs>` evaluates one cell per GPU. The workers share `mtv_cache`: its
+per-key file lock (`mtv_eval.harness.cache.get_or_build`) makes two cells that need the
+same artifact build it once. A worker that dies (killed, out of memory) fails the cells
+it had not finished; their `.partial` folders are redone by the next run.
 
 Layout of a sweep folder (`out`)::
 
@@ -58,13 +70,20 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
+import math
+import multiprocessing
 import os
+import pickle
 import platform
 import shutil
+import signal
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,18 +241,20 @@ class Progress:
     """Sweep progress lines: cell k of n, current task and method, elapsed, estimated remaining.
 
     The estimate is the mean wall time of the cells evaluated so far in this invocation
-    (skipped cells cost nothing) times the cells still to evaluate.
+    (skipped cells cost nothing) times the rounds of cells still to evaluate: with
+    `workers` processes running cells side by side, `ceil(remaining / workers)` rounds.
     """
 
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.total, self.stream = total, stream or sys.stderr
+    def __init__(self, total: int, stream: TextIO | None = None, workers: int = 1) -> None:
+        self.total, self.stream, self.workers = total, stream or sys.stderr, workers
         self.started = time.monotonic()
         self.durations: list[float] = []
 
     def line(self, index: int, cell: Cell, state: str, remaining_cells: int) -> str:
         elapsed = time.monotonic() - self.started
         if self.durations:
-            eta = _fmt_seconds(sum(self.durations) / len(self.durations) * remaining_cells)
+            rounds = math.ceil(remaining_cells / self.workers)
+            eta = _fmt_seconds(sum(self.durations) / len(self.durations) * rounds)
         else:
             eta = "?" if remaining_cells else "0:00:00"
         return (
@@ -347,6 +368,7 @@ def run_sweep(
     evaluate: Callable[..., Any] | None = None,
     methods: Sequence[str] = ("mtv",),
     seeds: Sequence[int] = (),
+    jobs: int = 1,
 ) -> SweepReport:
     """Run (or resume) the grid; see the module docstring for the layout and resume rules.
 
@@ -365,12 +387,16 @@ def run_sweep(
         seeds: build seeds: every activation cell once per seed (its model_args' `seed`),
             as `<method>@seed<k>`; empty = once, with `seed`.
         stream: where progress lines go (stderr).
-        evaluate: the evaluation function (default `mtv_eval.harness.evaluate.run_evaluation`).
+        evaluate: the evaluation function (default `mtv_eval.harness.evaluate.run_evaluation`);
+            with `jobs` > 1 a module-level function, since it is sent to the workers.
+        jobs: worker processes evaluating cells side by side (see the module docstring);
+            1 = every cell in this process. On a GPU box, the number of GPUs: one cell per GPU.
 
     Returns:
-        A SweepReport; a failed cell is recorded (status `failed` with its error) and
-        the sweep goes on with the next cell. KeyboardInterrupt propagates, leaving the
-        cell in progress as a `.partial` folder that the next run redoes.
+        A SweepReport, in plan order; a failed cell is recorded (status `failed` with its
+        error) and the sweep goes on with the next cell. KeyboardInterrupt propagates (the
+        workers are stopped), leaving the cells in progress as `.partial` folders that the
+        next run redoes.
     """
     from mtv_eval.harness.distributed import launch_facts
     from mtv_eval.harness.evaluate import run_evaluation
@@ -380,6 +406,7 @@ def run_sweep(
             "the sweep runs in one process; for several GPUs run each evaluation with "
             "`accelerate launch --num_processes N -m lmms_eval --model ...` (README: several GPUs)"
         )
+    _check_jobs(jobs, evaluate)
     evaluate = evaluate or run_evaluation
     stream = stream or sys.stderr
     out = Path(out).expanduser()
@@ -437,15 +464,34 @@ def run_sweep(
     )
 
     report = SweepReport(out=out)
-    progress = Progress(len(plan), stream)
+    progress = Progress(len(plan), stream, workers=jobs)
     to_run = sum(1 for *_, finished in plan if not finished)
     log = (out / "sweep.log").open("a")
     try:
+        if jobs > 1:
+            outcomes: dict[int, CellOutcome] = {}
+            runs: list[tuple[int, Cell, dict[str, str], dict]] = []
+            for index, (cell, cell_args, fingerprint, finished) in enumerate(plan, start=1):
+                if finished:
+                    outcomes[index] = _skip(progress, log, index, cell, to_run)
+                else:
+                    runs.append((index, cell, cell_args, fingerprint))
+            run_cell = functools.partial(
+                _run_cell,
+                evaluate,
+                out,
+                model=model,
+                limit=limit,
+                batch_size=batch_size,
+                seed=seed,
+                include_path=include_path,
+            )
+            outcomes.update(_run_in_workers(jobs, run_cell, runs, progress, log))
+            report.outcomes = [outcomes[index] for index in sorted(outcomes)]
+            return report
         for index, (cell, cell_args, fingerprint, finished) in enumerate(plan, start=1):
             if finished:
-                progress.show(index, cell, "skipped (finished)", to_run)
-                _log(log, f"{cell.name} skipped (finished)")
-                report.outcomes.append(CellOutcome(cell, "skipped"))
+                report.outcomes.append(_skip(progress, log, index, cell, to_run))
                 continue
             progress.show(index, cell, "running", to_run)
             outcome = _run_cell(
@@ -461,17 +507,162 @@ def run_sweep(
                 include_path,
             )
             to_run -= 1
-            progress.durations.append(outcome.seconds)
-            state = "done" if outcome.status == "done" else f"FAILED: {outcome.error}"
-            progress.show(index, cell, f"{state} in {outcome.seconds:.1f} s", to_run)
-            _log(
-                log,
-                f"{cell.name} {outcome.status} {outcome.seconds:.1f}s" + (f" {outcome.error}" if outcome.error else ""),
-            )
+            _record(progress, log, index, outcome, to_run)
             report.outcomes.append(outcome)
     finally:
         log.close()
     return report
+
+
+def _skip(progress: Progress, log: TextIO, index: int, cell: Cell, to_run: int) -> CellOutcome:
+    progress.show(index, cell, "skipped (finished)", to_run)
+    _log(log, f"{cell.name} skipped (finished)")
+    return CellOutcome(cell, "skipped")
+
+
+def _record(progress: Progress, log: TextIO, index: int, outcome: CellOutcome, to_run: int) -> None:
+    """The progress line and sweep.log line of a cell that has finished (done or failed)."""
+    if outcome.seconds > 0:  # a cell lost with its worker took no measurable time to count
+        progress.durations.append(outcome.seconds)
+    state = "done" if outcome.status == "done" else f"FAILED: {outcome.error}"
+    progress.show(index, outcome.cell, f"{state} in {outcome.seconds:.1f} s", to_run)
+    _log(
+        log,
+        f"{outcome.cell.name} {outcome.status} {outcome.seconds:.1f}s" + (f" {outcome.error}" if outcome.error else ""),
+    )
+
+
+def _check_jobs(jobs: int, evaluate: Callable[..., Any] | None) -> None:
+    """Refuse, before anything runs, a `jobs` that is not a positive int, or an `evaluate`
+    that the spawned workers could not receive (it is pickled by its module and name)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise SweepError(f"jobs={jobs!r}: give the number of worker processes, a whole number >= 1 (1 = no workers)")
+    if jobs == 1 or evaluate is None:
+        return
+    try:
+        pickle.dumps(evaluate)
+    except Exception as error:  # noqa: BLE001 - pickling raises several types
+        raise SweepError(
+            f"jobs={jobs} sends evaluate={evaluate!r} to worker processes, but it cannot be pickled "
+            f"({type(error).__name__}: {error}); use a function defined at module level, or jobs=1"
+        ) from None
+    main = sys.modules.get("__main__")
+    if getattr(evaluate, "__module__", None) == "__main__" and not getattr(main, "__file__", None):
+        raise SweepError(
+            f"jobs={jobs} sends evaluate={evaluate!r} to worker processes, but it is defined in an "
+            "interactive session or `python -c`, which they cannot import; define it in a module, or use jobs=1"
+        )
+
+
+# Thread-count variables read by the BLAS/OpenMP runtimes when torch is first imported.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _worker_threads(jobs: int) -> int:
+    """torch threads per worker: the cores shared out, never more than `$OMP_NUM_THREADS` asks."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(threads, int(asked)) if asked.isdigit() and int(asked) > 0 else threads
+
+
+def _visible_gpus() -> tuple[str, ...]:
+    """The CUDA devices this process may use, as `CUDA_VISIBLE_DEVICES` entries, without
+    initialising CUDA here: the variable's own list when set (up to the first invalid entry,
+    as CUDA reads it), else one index per device that `torch.cuda.device_count()` finds."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices: list[str] = []
+        for entry in (e.strip() for e in visible.split(",")):
+            if not entry or entry.startswith("-"):
+                break
+            devices.append(entry)
+        return tuple(devices)
+    import torch
+
+    return tuple(str(i) for i in range(torch.cuda.device_count()))
+
+
+def _init_worker(counter: Any, threads: int, gpus: tuple[str, ...]) -> None:
+    """Set up one worker: its GPU (worker k gets `gpus[k % len(gpus)]`) and its thread count,
+    in the environment before torch is imported where it is not yet, and ignore Ctrl-C (the
+    parent stops the workers when it is interrupted)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with counter.get_lock():
+        slot = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    if "torch" not in sys.modules:
+        os.environ.update({name: str(threads) for name in THREAD_ENV})
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+BROKEN_WORKER = (
+    "BrokenProcessPool: a worker process died (killed, out of memory, or it could not start: a script "
+    "that calls run_sweep with jobs > 1 must do so under `if __name__ == '__main__':`, since each worker "
+    "imports it) before this cell finished; rerun the sweep to redo it"
+)
+
+
+def _run_in_workers(
+    jobs: int,
+    run_cell: Callable[..., CellOutcome],
+    runs: list[tuple[int, Cell, dict[str, str], dict]],
+    progress: Progress,
+    log: TextIO,
+) -> dict[int, CellOutcome]:
+    """Evaluate `runs` (plan index, cell, model_args, fingerprint) in `jobs` spawned workers.
+
+    All cells are submitted at once and the pool takes them in plan order; a cell is shown
+    `running` when a worker is free for it and `done` / `FAILED` as it finishes. Returns the
+    outcomes by plan index.
+    """
+    if not runs:
+        return {}
+    context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch and CUDA state
+    executor = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(context.Value("i", 0), _worker_threads(jobs), _visible_gpus()),
+    )
+    outcomes: dict[int, CellOutcome] = {}
+    futures: dict[Future[CellOutcome], tuple[int, Cell]] = {}
+    waiting = deque(runs)
+    to_run = len(runs)
+    try:
+        for index, cell, cell_args, fingerprint in runs:
+            future = executor.submit(run_cell, cell=cell, cell_args=cell_args, fingerprint=fingerprint)
+            futures[future] = (index, cell)
+        for _ in range(min(jobs, len(waiting))):
+            index, cell, *_ = waiting.popleft()
+            progress.show(index, cell, "running", to_run)
+        for future in as_completed(futures):
+            index, cell = futures[future]
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                outcome = CellOutcome(cell, "failed", error=BROKEN_WORKER)
+                waiting.clear()  # nothing else will start
+            to_run -= 1
+            _record(progress, log, index, outcome, to_run)
+            outcomes[index] = outcome
+            if waiting:
+                next_index, next_cell, *_ = waiting.popleft()
+                progress.show(next_index, next_cell, "running", to_run)
+    except BaseException:  # KeyboardInterrupt, or an error outside a cell's evaluation
+        for future in futures:
+            future.cancel()
+        # ProcessPoolExecutor cannot stop a running call; end the workers so that none
+        # writes into the folder after the lock is released (their cells stay `.partial`).
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.terminate()
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return outcomes
 
 
 def _log(handle: TextIO, message: str) -> None:
@@ -492,6 +683,7 @@ def _run_cell(
     seed: int,
     include_path,
 ) -> CellOutcome:
+    """Evaluate one cell into its `.partial` folder and rename it; in this process or a worker."""
     final = out / cell.task / cell.folder
     work = out / cell.task / f".{cell.folder}{PARTIAL_SUFFIX}"
     if work.exists():
@@ -563,9 +755,9 @@ def summarize(report: SweepReport) -> str:
     counts = {s: sum(1 for o in report.outcomes if o.status == s) for s in ("done", "skipped", "failed")}
     lines = [f"sweep {report.out}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"]
     for outcome in report.failed:
-        lines.append(
-            f"  FAILED {outcome.cell.name}: {outcome.error} (see {report.out / outcome.cell.name / CELL_FILE})"
-        )
+        manifest = report.out / outcome.cell.name / CELL_FILE
+        seen = f" (see {manifest})" if manifest.is_file() else ""  # a cell lost with its worker wrote none
+        lines.append(f"  FAILED {outcome.cell.name}: {outcome.error}{seen}")
     return "\n".join(lines)
 
 
