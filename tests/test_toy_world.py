@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -51,7 +53,7 @@ def test_noise_replaces_answers_with_answer_words() -> None:
     clean = world.examples("single_shape", "support", 200)
     noisy = world.examples("single_shape", "support", 200, noise=0.5)
     changed = sum(c.answer != n.answer for c, n in zip(clean, noisy))
-    assert 60 < changed < 140  # about 0.5 * 15/16 * 200 = 94
+    assert 60 < changed < 140  # about 0.5 * 19/20 * 200 = 95
     assert {n.answer for n in noisy} <= set(world.ANSWER_WORDS)
 
 
@@ -77,6 +79,8 @@ def test_checkpoint_loads_and_records_context_limit(checkpoint) -> None:
     assert model.config.model_type == "llava"
     toy = model.config.toy_world
     assert toy["context_shots"] == 2
+    # the format it was trained on, which the wrappers' adapter must pick (not LLaVA's chat row)
+    assert model.config.mtv_template == toy["template"] == "plain"
     assert model.config.text_config.max_position_embeddings == toy["context_tokens"]
     assert toy["prompt_tokens_per_shots"]["2"] < toy["context_tokens"] < toy["prompt_tokens_per_shots"]["3"]
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
@@ -166,6 +170,7 @@ def test_training_is_reproducible_from_its_seed(tmp_path) -> None:
         )
         train(cfg)
         weights.append(load_file(str(tmp_path / run / "model.safetensors")))
+        assert json.loads((tmp_path / run / "config.json").read_text())["mtv_template"] == "plain"
         assert (tmp_path / f"log-{run}" / "config.json").is_file()
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -51,9 +51,14 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mtv_eval.harness.demo import run_demo
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
-    return run_demo(out=args.out, limit=args.limit, seed=args.seed, methods=methods, seeds=seeds, jobs=args.jobs)
+    baselines = tuple(m.strip() for m in args.baselines.split(",") if m.strip())
+    try:
+        seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"mtv-eval demo: --seeds {args.seeds!r} is not a comma-separated list of integers") from None
+    if not seeds:
+        raise SystemExit("mtv-eval demo: --seeds needs at least one seed, e.g. 0 or 0,1,2")
+    return run_demo(out=args.out, limit=args.limit, seed=args.seed, seeds=seeds, baselines=baselines, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="sweep folder (default: runs/demo); reruns resume")
     demo.add_argument("--limit", type=int, default=None, help="evaluate only the first N queries of each task")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--methods", default="mtv", help="activation methods per budget: mtv,random,all,fv (default mtv)")
-    demo.add_argument("--seeds", default="", help="build every activation cell once per seed, e.g. 0,1,2")
+    demo.add_argument(
+        "--baselines",
+        default="random,all,fv",
+        help="baselines on the largest budget (default random,all,fv; empty for MTV alone)",
+    )
+    demo.add_argument("--seeds", default="0,1,2", help="build every MTV once per seed (default 0,1,2)")
     add_jobs_option(demo, None, "2, or 1 on a one-core machine")
     demo.set_defaults(func=_cmd_demo)
 

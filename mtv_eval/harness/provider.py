@@ -113,6 +113,7 @@ class MTVProvider:
             }
             return self._explicit
         assert run.mtv is not None, "for_task needs a run of an activation method"
+        pool = run.limit_pool(pool)  # mtv_pool=budget: only the S x I examples the budget allows
         key = self.key_for(task, run, task_version, pool)
         started = time.perf_counter()
         mtv, source, path = get_or_build(

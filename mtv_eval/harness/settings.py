@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import random
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -41,6 +43,9 @@ TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
 OVERFLOW = ("trim", "error")
 LOADERS = ("native", "remote")
+# Which support examples an activation method may see: the whole support split (the paper's
+# code), or only as many as its budget S x I says (a seeded subset; see RunSettings.pool_limit).
+MTV_POOLS = ("split", "budget")
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -67,6 +72,11 @@ class WrapperSettings:
         shots: ICL demonstrations per prompt; None = the largest of the task's budget.
         mtv_shots / mtv_iterations / search_examples: MTV budget; None = the task's.
         search_steps / search_samples / search_mode / mtv_threshold: head search settings.
+        mtv_pool: "split" (default, the paper's code): the means and the head search draw from
+            the whole support split, so MTV-SxI also sees `search_examples` labelled examples
+            beyond its S x I; "budget": a seeded subset of S x I support examples is all they
+            draw from (the search uses min(search_examples, S x I) of them), so the budget
+            counts every example the method sees and compares fairly with ICL's K.
         every_token: MTV also edits generated tokens (the public code's behaviour).
         seed: seeds shot choice, extraction and head search.
         mtv_cache: folder of cached MTV artifacts (keyed by model, task and settings).
@@ -96,6 +106,7 @@ class WrapperSettings:
     search_samples: int = SearchConfig.samples
     search_mode: str = SearchConfig.mode
     mtv_threshold: float | None = None
+    mtv_pool: str = "split"
     every_token: bool = True
     seed: int = 0
     mtv_cache: str = ""
@@ -125,6 +136,8 @@ class WrapperSettings:
             raise WrapperArgumentError(f"unknown on_overflow {self.on_overflow!r}; use trim or error")
         if self.loader not in LOADERS:
             raise WrapperArgumentError(f"unknown loader {self.loader!r}; use loader=native or loader=remote")
+        if self.mtv_pool not in MTV_POOLS:
+            raise WrapperArgumentError(f"unknown mtv_pool {self.mtv_pool!r}; use mtv_pool=split or mtv_pool=budget")
         if self.search_mode not in ("fast", "exact"):
             raise WrapperArgumentError(f"unknown search_mode {self.search_mode!r}; use fast or exact")
         for name in ("shots", "mtv_shots", "mtv_iterations", "search_examples", "max_context", "fv_layer"):
@@ -293,6 +306,8 @@ class RunSettings:
         seed: seeds shot choice, MTV extraction prompts and the head search.
         every_token: MTV also edits generated tokens.
         support_split: the split shots and MTV prompts come from.
+        pool_limit: the support examples an activation method may see (`mtv_pool=budget`:
+            S x I, a seeded subset chosen by `limit_pool`); None = the whole split.
         options: the activation method's own settings (FV: heads, layer); part of its cache key.
     """
 
@@ -303,6 +318,18 @@ class RunSettings:
     every_token: bool
     support_split: str
     options: dict[str, Any] = field(default_factory=dict)
+    pool_limit: int | None = None
+
+    def limit_pool(self, pool: Sequence[Any]) -> list[Any]:
+        """The support examples the activation method may see: all, or a seeded `pool_limit` of them.
+
+        The subset keeps the pool's order and depends only on (seed, pool size, limit), so a
+        build and its cache key see the same examples on every rank and every run.
+        """
+        if self.pool_limit is None or self.pool_limit >= len(pool):
+            return list(pool)
+        chosen = sorted(random.Random(f"mtv-pool-{self.seed}").sample(range(len(pool)), self.pool_limit))
+        return [pool[i] for i in chosen]
 
     def needs(self) -> dict[str, int]:
         """Support examples each part of the run needs (checked against the pool once)."""
@@ -323,12 +350,14 @@ class RunSettings:
                 f"task {self.task}: shots={needs['shots']} is larger than the support pool ({n_support} "
                 f"examples); lower shots= or use a larger support split than {self.support_split!r}"
             )
+        if self.mtv is not None and self.pool_limit is not None:
+            n_support = min(n_support, self.pool_limit)
         if self.mtv is not None and (needs["mtv_shots"] > n_support or needs["search_examples"] > n_support):
             raise ValueError(
                 f"task {self.task}: the MTV budget needs {self.mtv.extract.shots} shots + 1 query and "
                 f"{self.mtv.search.pool_size} search examples, but the support pool has {n_support} "
-                f"(split {self.support_split!r}); lower mtv_shots= / search_examples= (model_args or "
-                "MTV_EVAL_BUDGETS) or use a larger support split"
+                f"(split {self.support_split!r}{', limited to the budget by mtv_pool=budget' if self.pool_limit else ''}); "
+                "lower mtv_shots= / search_examples= (model_args or MTV_EVAL_BUDGETS) or use a larger support split"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,6 +369,7 @@ class RunSettings:
             "support_split": self.support_split,
             "mtv": self.mtv.to_dict() if self.mtv else None,
             "options": dict(self.options),
+            "pool_limit": self.pool_limit,
         }
 
 
@@ -355,8 +385,12 @@ def resolve_run(spec: Any, settings: WrapperSettings) -> RunSettings:
         iterations = s.mtv_iterations if s.mtv_iterations is not None else spec.mtv_iterations
         method = Method(s.mode, shots=shots, iterations=iterations)
     mtv = None
+    pool_limit = None
     if method.is_activation:
         pool = s.search_examples if s.search_examples is not None else spec.search_examples
+        if s.mtv_pool == "budget":
+            pool_limit = method.shots * method.iterations
+            pool = min(pool, pool_limit)
         mtv = MTVConfig(
             extract=ExtractConfig(
                 shots=method.shots, iterations=method.iterations, batch_size=s.extract_batch_size, seed=s.seed
@@ -386,4 +420,5 @@ def resolve_run(spec: Any, settings: WrapperSettings) -> RunSettings:
         every_token=s.every_token,
         support_split=spec.support_split,
         options=options,
+        pool_limit=pool_limit,
     )

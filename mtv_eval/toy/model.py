@@ -165,6 +165,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: str = "base") -> Llava
         "context_tokens": context_tokens(CONTEXT_SHOTS),
         "prompt_tokens_per_shots": {str(k): prompt_tokens(k) for k in range(CONTEXT_SHOTS + 2)},
     }
+    # The prompt format the model was trained on, declared where `ProcessorAdapter` looks
+    # for it: without it a LLaVA config would get the llava chat row, a format it never saw.
+    config.mtv_template = TEMPLATE.name
     return LlavaForConditionalGeneration(config)
 
 

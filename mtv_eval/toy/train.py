@@ -3,7 +3,7 @@
 Each training episode: a family and a task drawn uniformly, k shots (0..context_shots,
 one k per batch, so a batch needs no padding) and one query, all from the `train` image
 pools; each shot's answer is replaced by a random answer word with probability
-`--noise`. The prompt is the project's `plain` template, encoded exactly as
+`--noise` (`world.noisy_answer`). The prompt is the project's `plain` template, encoded exactly as
 `ProcessorAdapter.encode` encodes it (checked before training). The loss is the
 cross-entropy of the answer token after every "A:" whose answer is the true one: the
 query's, and the clean shots'.
@@ -42,14 +42,14 @@ class TrainConfig:
     out: str
     log_dir: str
     seed: int = 0
-    steps: int = 3000  # the committed checkpoint
+    steps: int = 4000  # the committed checkpoint
     batch_size: int = 128
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup: int = 300
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    noise: float = 0.5
+    noise: float = world.SUPPORT_NOISE
     max_shots: int = toy_model.CONTEXT_SHOTS
     train_pool: int = 4096
     world_seed: int = 0

@@ -1,24 +1,28 @@
 """A seeded toy multimodal ICL world: small drawn images, several one-word tasks per image.
 
-Two image families share one vocabulary of 16 answer words:
+Two image families share one vocabulary of 20 answer words:
 
 - `single`: one filled shape on a dark, noisy background. Attributes: colour (red, green,
   blue, yellow), shape (circle, square, triangle, cross), position (top, bottom, left,
-  right: the shape sits near that edge's middle). Tasks `single_colour`, `single_shape`,
-  `single_position`.
-- `multi`: one to four small copies of one shape in one colour, each in its own cell of
-  a 2x2 grid. Attributes: colour, shape, count (one, two, three, four). Tasks
-  `multi_colour`, `multi_shape`, `multi_count`.
+  right: the shape sits near that edge's middle), size (tiny, small, big, huge). Tasks
+  `single_colour`, `single_shape`, `single_position`, `single_size`.
+- `multi`: one to four copies of one shape in one colour and one size, each in its own
+  cell of a 2x2 grid. Attributes: colour, shape, count (one, two, three, four), size.
+  Tasks `multi_colour`, `multi_shape`, `multi_count`, `multi_size`.
 
 Every query reads the same text (`QUESTION`), so which attribute is asked for is only
-knowable from the in-context examples. `single_colour` and `multi_colour` (likewise the
-shape tasks) are the same question on different images: a task vector extracted on one
-family can be applied to the other (the out-of-domain test).
+knowable from the in-context examples: with no example, a model can only guess which of
+its image's four attributes is meant (zero-shot accuracy about 25%). `single_colour` and
+`multi_colour` (likewise shape and size) are the same question on different images: a task
+vector extracted on one family can be applied to the other (the out-of-domain test).
 
 Images come from three disjoint pools per family (`train`, `support`, `eval`), each drawn
 from its own seed; uids name family, split and index. Noisy shots: with probability
 `noise` a support example's answer is replaced by a uniformly random answer word (from
-all 16, possibly the right one), as in many-shot ICL with unreliable demonstrations.
+all 20, possibly the right one), as in many-shot ICL with unreliable demonstrations. At
+the tasks' noise (`SUPPORT_NOISE`, 0.5) a shot names a word of the asked attribute with
+probability 0.6 and a word of each other attribute with 0.1: a couple of shots (all the toy
+model's context holds) often leave the task ambiguous.
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ VALUES: dict[str, tuple[str, ...]] = {
     "shape": ("circle", "square", "triangle", "cross"),
     "position": ("top", "bottom", "left", "right"),
     "count": ("one", "two", "three", "four"),
+    "size": ("tiny", "small", "big", "huge"),
 }
 ANSWER_WORDS: tuple[str, ...] = tuple(w for words in VALUES.values() for w in words)
 
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "single": ("colour", "shape", "position"),
-    "multi": ("colour", "shape", "count"),
+    "single": ("colour", "shape", "position", "size"),
+    "multi": ("colour", "shape", "count", "size"),
 }
 # task name -> (family, attribute)
 TASKS: dict[str, tuple[str, str]] = {
@@ -61,7 +66,11 @@ SIMILAR: dict[str, str] = {
     "single_shape": "multi_shape",
     "multi_colour": "single_colour",
     "multi_shape": "single_shape",
+    "single_size": "multi_size",
+    "multi_size": "single_size",
 }
+# The support answers' noise of the toy tasks (tasks/toy/*.yaml) and of the toy model's training.
+SUPPORT_NOISE = 0.5
 
 _RGB = {
     "red": (220, 40, 40),
@@ -70,6 +79,11 @@ _RGB = {
     "yellow": (230, 210, 40),
 }
 _SPLIT_SALT = {"train": 101, "support": 202, "eval": 303}
+# Shape radius in pixels per size word: single shapes (a 32-pixel image), multi copies (a 16-pixel cell).
+_RADIUS = {
+    "single": {"tiny": 3.0, "small": 4.5, "big": 6.0, "huge": 7.5},
+    "multi": {"tiny": 2.5, "small": 3.5, "big": 4.5, "huge": 5.5},
+}
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,7 @@ def draw_item(family: str, attrs: dict[str, str], rng: random.Random) -> Image.I
     draw = ImageDraw.Draw(img)
     fill = _jitter(_RGB[attrs["colour"]], rng)
     if family == "single":
-        r = rng.uniform(5.0, 7.0)
+        r = _RADIUS["single"][attrs["size"]] + rng.uniform(-0.3, 0.3)
         along = rng.uniform(12.0, 20.0)
         edge = rng.uniform(r + 1.0, r + 3.0)
         cx, cy = {
@@ -134,7 +148,7 @@ def draw_item(family: str, attrs: dict[str, str], rng: random.Random) -> Image.I
         for cell in cells:
             cx = 8 + 16 * (cell % 2) + rng.uniform(-1.5, 1.5)
             cy = 8 + 16 * (cell // 2) + rng.uniform(-1.5, 1.5)
-            _shape(draw, attrs["shape"], cx, cy, rng.uniform(4.0, 5.5), fill)
+            _shape(draw, attrs["shape"], cx, cy, _RADIUS["multi"][attrs["size"]] + rng.uniform(-0.2, 0.2), fill)
     else:
         raise ValueError(f"unknown family {family!r}")
     return img
