@@ -159,7 +159,10 @@ def test_reports_give_mean_and_sd_over_seeds_and_paired_differences(run_dir: Pat
 
     code, report, _ = _run(["check", "--baseline", str(run_dir), "--current", str(run_dir), "--tolerance", "1se"])
     assert code == 0, report
-    assert "ok toy/model" not in report and f"{TASK} v1.0 mtv-2x4 (2 seeds): baseline" in report
+    from mtv_eval.data.taskspec import spec_for_task
+
+    version = spec_for_task(TASK).version
+    assert "ok toy/model" not in report and f"{TASK} v{version} mtv-2x4 (2 seeds): baseline" in report
 
 
 def test_plot_gives_each_method_its_colour_and_draws_the_seed_spread(run_dir: Path, tmp_path: Path) -> None:

@@ -56,12 +56,10 @@ def run_demo(
     processes; None = 2 where there are two cores: one toy cell barely uses a second core,
     so two cells side by side nearly halve the demo's time.
     """
-    from mtv_eval.harness.sweep import run_sweep, summarize
+    from mtv_eval.harness.sweep import SweepError, run_sweep, summarize
+    from mtv_eval.methods.vocabulary import ACTIVATION_KINDS
     from mtv_eval.reporting.plots import plot_collection
     from mtv_eval.reporting.results import collect, render
-
-    from mtv_eval.harness.sweep import SweepError
-    from mtv_eval.methods.vocabulary import ACTIVATION_KINDS
 
     unknown = [b for b in baselines if b not in ACTIVATION_KINDS or b == "mtv"]
     if unknown:  # checked before the first sweep, not after its minutes of work
