@@ -38,6 +38,7 @@ import json
 import os
 import random
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -298,7 +299,7 @@ def get_or_build(
     from mtv_eval.methods import registry
 
     ranks = group or Ranks()
-    label = "MTV" if key.method == "mtv" else f"{key.method} ({registry.METHODS[key.method].summary.split(':')[0]})"
+    label = "MTV" if key.method == "mtv" else f"baseline {key.method}"
     path = key.path(cache_dir)
     with key_lock(path, log) if lock and ranks.is_main else nullcontext():
         # rank 0 decides (under the key's lock) whether the artifact is cached; all ranks follow
@@ -308,10 +309,14 @@ def get_or_build(
             return _from_main(ranks, mtv), "cache", path
         search_indices = split_support(len(pool), config.search.pool_size, config.search.seed)
         search_pool = [pool[i] for i in search_indices]
-        log(
-            f"{label} for {key.task}: building ({config.extract.shots} shots x {config.extract.iterations} "
-            f"iterations, {config.search.steps} search steps on {len(search_pool)} examples)"
-        )
+        budget = f"{config.extract.shots} shots x {config.extract.iterations} iterations"
+        if key.method == "mtv":
+            log(
+                f"{label} for {key.task}: building ({budget}, {config.search.steps} search steps on {len(search_pool)} examples)"
+            )
+        else:  # baselines reuse MTV's means (and `random` its head count); they run no search of their own
+            log(f"{label} for {key.task}: building on MTV's means ({budget}, {len(pool)} support examples)")
+        started = time.perf_counter()
         if key.method == "mtv":
             mtv = build_mtv(
                 adapter,
@@ -367,7 +372,7 @@ def get_or_build(
             mtv.save(path)
             log(
                 f"{label} for {key.task}: saved {path}.json ({mtv.num_heads_selected} heads, "
-                f"{mtv.metadata.get('total_seconds', '?')} s)"
+                f"{time.perf_counter() - started:.1f} s)"
             )
     return _from_main(ranks, mtv), "built", path
 

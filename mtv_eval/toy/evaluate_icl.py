@@ -100,6 +100,16 @@ def format_table(results: dict[str, dict[str, dict[int, float]]]) -> str:
     return "\n".join(lines)
 
 
+def _portable(path: str) -> str:
+    """The checkpoint path relative to the working directory when it lies below it, so a committed
+    result does not carry one machine's absolute path."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(Path(__file__).parent / "checkpoint"))
@@ -124,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"({args.n} held-out queries per cell, {time.time() - t0:.1f}s on {args.device})")
     if args.out:
         payload = {
-            "checkpoint": args.checkpoint,
+            "checkpoint": _portable(args.checkpoint),
             "n": args.n,
             "seed": args.seed,
             "accuracy": results,
