@@ -287,11 +287,38 @@ def test_leaderboard_html_is_one_self_contained_page(two_models: list[Path], tmp
     browser = next(
         (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
     )
-    if browser:  # also render it in a real browser when one is installed
-        dom = subprocess.run(
-            [browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", page.as_uri()],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
-        assert "org/other-model" in dom and "data:image/png;base64," in dom
+    if browser:  # also load it in a real browser when one is installed (.ci/run installs chromium)
+        _check_in_browser(browser, page, tmp_path)
+
+
+def _check_in_browser(browser: str, page: Path, tmp_path: Path) -> None:
+    """Headless chromium parses the page (its DOM holds the rows) and paints it: the screenshot
+    holds the plot's coloured lines, which only a decoded inline PNG can put there (the page's own
+    text and borders are grey)."""
+    flags = [
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert "org/other-model" in dom and "data:image/png;base64," in dom
+    shot = tmp_path / "board.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1600,4000", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(shot) as rendered:
+        rgb = np.asarray(rendered.convert("RGB")).astype(int)
+    coloured = int((rgb.max(axis=-1) - rgb.min(axis=-1) > 80).sum())
+    assert coloured > 100, f"the browser painted {coloured} coloured pixels: the plot did not render"
