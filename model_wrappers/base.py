@@ -45,7 +45,7 @@ from mtv_eval.harness.placement import resolve_placement
 from mtv_eval.harness.provider import MTVProvider
 from mtv_eval.harness.settings import RunSettings, WrapperSettings, resolve_run
 from mtv_eval.models.adapter import ProcessorAdapter
-from mtv_eval.progress import stage
+from mtv_eval.progress import interactive, stage
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
@@ -91,7 +91,7 @@ class MTVModel(lmms):
             s.mtv_cache,
             revision=s.revision,
             mtv_path=s.mtv_path,
-            progress=self.rank == 0,
+            progress=self.rank == 0 and interactive(),  # bars on a terminal; logs get the stage lines only
             log=self._log,
             ranks=self.ranks,
         )

@@ -17,8 +17,11 @@ VERBOSE_ENV = "MTV_EVAL_VERBOSE"
 
 
 def interactive() -> bool:
-    """True on a terminal outside CI: progress bars are worth drawing."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    """True on a terminal outside CI, unless `TQDM_DISABLE` is set: progress bars are worth
+    drawing. (Our bars pass `disable=` explicitly, which tqdm's own TQDM_DISABLE does not
+    override, so it is honoured here; sweep workers set it, their parent draws the progress.)"""
+    bars_off = os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
+    return sys.stderr.isatty() and not os.environ.get("CI") and not bars_off
 
 
 def stage(message: str) -> None:

@@ -185,7 +185,7 @@ def test_mtv_reuses_cached_artifact_and_answers_identically(tmp_path: Path) -> N
     assert len(artifacts) == 1
 
 
-def test_a_changed_setting_builds_a_new_artifact(tmp_path: Path) -> None:
+def test_a_changed_setting_builds_a_new_artifact(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     from mtv_eval.harness.evaluate import run_evaluation as run
 
     for seed in (0, 1):
@@ -197,6 +197,11 @@ def test_a_changed_setting_builds_a_new_artifact(tmp_path: Path) -> None:
             limit=1,
         )
     assert len(list(tmp_path.rglob("*.safetensors"))) == 2
+    # stderr here is no terminal (a log): each build is one stage line, and no progress bar is
+    # drawn into it (tqdm's TQDM_DISABLE does not override an explicit disable=False)
+    err = capfd.readouterr().err
+    assert err.count("MTV for") >= 4  # "building" and "saved", per seed
+    assert "MTV head search" not in err and "MTV mean (" not in err
 
 
 def test_prompt_over_max_context_is_trimmed_or_refused(tmp_path: Path) -> None:

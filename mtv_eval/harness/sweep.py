@@ -587,6 +587,7 @@ def _init_worker(counter: Any, threads: int, gpus: tuple[str, ...]) -> None:
     in the environment before torch is imported where it is not yet, and ignore Ctrl-C (the
     parent stops the workers when it is interrupted)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["TQDM_DISABLE"] = "1"  # several workers share one stderr: the parent's cell lines are the progress
     with counter.get_lock():
         slot = counter.value
         counter.value += 1
