@@ -215,13 +215,18 @@ def plan_cells(
 
 
 def versions() -> dict[str, str]:
-    """Versions of what can change the numbers (recorded in every cell.json)."""
+    """Versions of what can change the numbers (recorded in every cell.json). The CPU's vector
+    instruction set is among them: the same seed and software on another CPU can round a float
+    differently, and a head search on a knife edge then picks other heads."""
     out = {"python": platform.python_version()}
     for dist in ("mtv-eval", "lmms_eval", "torch", "transformers"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "absent"
+    import torch
+
+    out["cpu"] = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
     return out
 
 
