@@ -246,7 +246,7 @@ class MTVModel(lmms):
 
         # One task at a time: each task has its own MTV, and lmms-eval's Collator groups
         # by generation kwargs only, which two tasks may share.
-        bar = tqdm(total=len(real), disable=self.rank != 0, desc=f"Model Responding ({s.mode})")
+        bar = tqdm(total=len(real), disable=self.rank != 0 or not interactive(), desc=f"Model Responding ({s.mode})")
         for task in tasks:
             indices = [i for i in real if requests[i].args[4] == task]
             if not indices:
