@@ -86,12 +86,14 @@ class MTVModel(lmms):
         self.accounting = Accounting(s.log_dir, ranks=self.ranks)
         self._pools: dict[str, Any] = {}
         self._runs: dict[str, RunSettings] = {}
+        # bars on rank 0 at a terminal only; logs and CI get the stage lines
+        self.draws_bars = self.rank == 0 and interactive()
         self.provider = MTVProvider(
             self.adapter,
             s.mtv_cache,
             revision=s.revision,
             mtv_path=s.mtv_path,
-            progress=self.rank == 0 and interactive(),  # bars on a terminal; logs get the stage lines only
+            progress=self.draws_bars,
             log=self._log,
             ranks=self.ranks,
         )
@@ -246,7 +248,7 @@ class MTVModel(lmms):
 
         # One task at a time: each task has its own MTV, and lmms-eval's Collator groups
         # by generation kwargs only, which two tasks may share.
-        bar = tqdm(total=len(real), disable=self.rank != 0 or not interactive(), desc=f"Model Responding ({s.mode})")
+        bar = tqdm(total=len(real), disable=not self.draws_bars, desc=f"Model Responding ({s.mode})")
         for task in tasks:
             indices = [i for i in real if requests[i].args[4] == task]
             if not indices:

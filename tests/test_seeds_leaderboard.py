@@ -305,16 +305,16 @@ def _check_in_browser(browser: str, page: Path, tmp_path: Path) -> None:
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ]
-    dom = subprocess.run(
-        [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
+
+    def run(*args: str) -> str:
+        done = subprocess.run([browser, *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{browser} {' '.join(args)} failed: {done.stderr[-2000:]}"
+        return done.stdout
+
+    dom = run("--dump-dom")
     assert "org/other-model" in dom and "data:image/png;base64," in dom
     shot = tmp_path / "board.png"
-    subprocess.run(
-        [browser, *flags, f"--screenshot={shot}", "--window-size=1600,4000", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-    )
+    run(f"--screenshot={shot}", "--window-size=1600,4000")
     import numpy as np
     from PIL import Image
 

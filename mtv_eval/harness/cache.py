@@ -310,14 +310,11 @@ def get_or_build(
         search_indices = split_support(len(pool), config.search.pool_size, config.search.seed)
         search_pool = [pool[i] for i in search_indices]
         budget = f"{config.extract.shots} shots x {config.extract.iterations} iterations"
+        started = time.perf_counter()
         if key.method == "mtv":
             log(
                 f"{label} for {key.task}: building ({budget}, {config.search.steps} search steps on {len(search_pool)} examples)"
             )
-        else:  # baselines reuse MTV's means (and `random` its head count); they run no search of their own
-            log(f"{label} for {key.task}: building on MTV's means ({budget}, {len(pool)} support examples)")
-        started = time.perf_counter()
-        if key.method == "mtv":
             mtv = build_mtv(
                 adapter,
                 pool,
@@ -329,7 +326,8 @@ def get_or_build(
                 group=group if ranks.distributed else None,
             )
             mtv.metadata.pop("method", None)  # MTV artifacts keep the metadata of earlier releases
-        else:
+        else:  # baselines reuse MTV's means (and `random` its head count); they run no REINFORCE search
+            log(f"{label} for {key.task}: building on MTV's means ({budget}, {len(pool)} support examples)")
             base_key = replace(key, method="mtv", options={})
             means_cache: list[Any] = []
 
